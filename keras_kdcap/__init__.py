@@ -1,0 +1,24 @@
+"""keras-kdcap: knowledge distillation under teacher-student capacity mismatch.
+
+The public API: `Distiller`, the temperature policies, the losses and the
+backend-agnostic numerics in `keras_kdcap.ops`.
+"""
+
+from keras_kdcap import ops
+from keras_kdcap.distiller import Distiller
+from keras_kdcap.losses import RegTLoss, distillation_loss
+from keras_kdcap.policies import ATS, FGCR, ISATS, FixedTemperature, TemperaturePolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ATS",
+    "FGCR",
+    "ISATS",
+    "Distiller",
+    "FixedTemperature",
+    "RegTLoss",
+    "TemperaturePolicy",
+    "distillation_loss",
+    "ops",
+]

@@ -1,0 +1,298 @@
+"""`Distiller`: a student trained from a frozen teacher through a temperature policy."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_kdcap import ops as kd_ops
+from keras_kdcap.guards import InputGuard, TeacherSnapshot, check_fit_data
+from keras_kdcap.policies.base import TemperaturePolicy
+from keras_kdcap.policies.fixed import FixedTemperature
+from keras_kdcap.validation import check_non_negative
+
+try:  # Divides by the replica count under tf.distribute; identity elsewhere.
+    from keras.src.losses.loss import scale_loss_for_distribution
+except ImportError:  # pragma: no cover - older or newer Keras layouts
+
+    def scale_loss_for_distribution(value):
+        return value
+
+
+#: metrics every Distiller reports, besides Keras's `loss`.
+BASE_METRICS = ("ce_loss", "kd_loss", "target_first")
+#: per-epoch counts of samples with bad labels or teacher logits (must stay 0).
+GUARD_METRICS = ("invalid_labels", "nonfinite_teacher")
+
+
+def _output_classes(model) -> int | None:
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if isinstance(shape, tuple) and shape and isinstance(shape[-1], int):
+        return shape[-1]
+    return None
+
+
+@keras.saving.register_keras_serializable(package="keras_kdcap")
+class Distiller(keras.Model):
+    """A student trained with `alpha * CE + beta * KD` from a frozen teacher.
+
+    The KD term comes from a pluggable temperature policy (METHODS.md). The
+    teacher is frozen: not trainable, called with `training=False`, its
+    outputs behind `stop_gradient`, and its weights are bit-identical after
+    `fit`. `call`, `predict` and the compiled metrics are the student's;
+    `distiller.student` is the model to export.
+
+    Args:
+        teacher: a trained Keras model giving `[B, C]` logits.
+        student: the Keras model to train, giving `[B, C]` logits.
+        name: model name.
+
+    Example:
+        >>> distiller = Distiller(teacher, student)  # doctest: +SKIP
+        >>> distiller.compile("sgd", policy=ISATS(), metrics=["accuracy"])  # doctest: +SKIP
+        >>> distiller.fit(train_ds, epochs=2)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        teacher: keras.Model,
+        student: keras.Model,
+        name: str = "distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        for arg, model in (("teacher", teacher), ("student", student)):
+            if not isinstance(model, keras.layers.Layer):
+                raise TypeError(f"`{arg}` must be a Keras model; got {type(model).__name__}.")
+        if teacher is student:
+            raise ValueError("`teacher` and `student` must be different models.")
+        teacher_classes, student_classes = _output_classes(teacher), _output_classes(student)
+        if None not in (teacher_classes, student_classes) and teacher_classes != student_classes:
+            raise ValueError(
+                f"`teacher` gives {teacher_classes} classes but `student` gives "
+                f"{student_classes}: both must predict the same classes."
+            )
+        teacher.trainable = False
+        self.teacher = teacher
+        self.student = student
+        self.policy = None
+        self.alpha = 0.1
+        self.beta = 0.9
+        self.temperature_scaling = True
+        self._trackers: dict[str, keras.metrics.Metric] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def compile(
+        self,
+        optimizer="sgd",
+        policy: TemperaturePolicy | None = None,
+        alpha: float = 0.1,
+        beta: float = 0.9,
+        temperature_scaling: bool = True,
+        metrics=None,
+        **kwargs,
+    ) -> None:
+        """Configures the distillation.
+
+        Args:
+            optimizer: a Keras optimizer or its name.
+            policy: the temperature policy; `FixedTemperature(4.0)` when None.
+            alpha: weight of the student's cross-entropy, >= 0.
+            beta: weight of the KD term, >= 0.
+            temperature_scaling: multiply the KD term by `s^2` (Hinton); False
+                reproduces the ATS code's convention.
+            metrics: metrics of the student's predictions, e.g. `["accuracy"]`.
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`,
+                `steps_per_execution`, ...). `loss` is not accepted: the
+                policy defines it.
+        """
+        if "loss" in kwargs and kwargs["loss"] is not None:
+            raise ValueError(
+                "`loss` is not a Distiller argument: the loss is alpha * CE + beta * KD; "
+                "choose the KD term with `policy=`."
+            )
+        kwargs.pop("loss", None)
+        policy = FixedTemperature(4.0) if policy is None else policy
+        if not isinstance(policy, TemperaturePolicy):
+            raise TypeError(
+                f"`policy` must be a keras_kdcap TemperaturePolicy (e.g. ISATS()); "
+                f"got {type(policy).__name__}."
+            )
+        self.alpha = check_non_negative("alpha", alpha)
+        self.beta = check_non_negative("beta", beta)
+        self.temperature_scaling = bool(temperature_scaling)
+        self._set_tracked("policy", policy)
+        names = BASE_METRICS + tuple(policy.metric_names) + GUARD_METRICS
+        trackers = {
+            metric: (keras.metrics.Sum if metric in GUARD_METRICS else keras.metrics.Mean)(
+                name=metric
+            )
+            for metric in names
+        }
+        self._set_tracked("_trackers", trackers)
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def _set_tracked(self, attribute: str, value) -> None:
+        """Sets a tracked attribute, also after the model is built (recompile)."""
+        old = getattr(self, attribute, None)
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            for item in old.values() if isinstance(old, dict) else [old]:
+                if item is not None:
+                    self._tracker.untrack(item)
+            setattr(self, attribute, value)
+        finally:
+            if locked:
+                self._tracker.lock()
+
+    def get_compile_config(self) -> dict:
+        config = super().get_compile_config()
+        if self.compiled and self.policy is not None:
+            config.update(
+                policy=keras.saving.serialize_keras_object(self.policy),
+                alpha=self.alpha,
+                beta=self.beta,
+                temperature_scaling=self.temperature_scaling,
+            )
+        return config
+
+    def compile_from_config(self, config: dict) -> None:
+        config = dict(config)
+        policy = config.pop("policy", None)
+        for key in ("loss", "loss_weights"):
+            config.pop(key, None)
+        config = keras.saving.deserialize_keras_object(config)
+        if policy is not None:
+            policy = keras.saving.deserialize_keras_object(policy)
+        self.compile(policy=policy, **config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "student": keras.saving.serialize_keras_object(self.student),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> Distiller:
+        config = dict(config)
+        teacher = keras.saving.deserialize_keras_object(
+            config.pop("teacher"), custom_objects=custom_objects
+        )
+        student = keras.saving.deserialize_keras_object(
+            config.pop("student"), custom_objects=custom_objects
+        )
+        return cls(teacher=teacher, student=student, **config)
+
+    # -------------------------------------------------------------- forward
+    def call(self, inputs, training=None):
+        """The student's logits."""
+        return self.student(inputs, training=training)
+
+    def build(self, input_shape) -> None:
+        if not self.student.built:
+            self.student.build(input_shape)
+        if not self.teacher.built:
+            self.teacher.build(input_shape)
+
+    @property
+    def metrics(self):
+        tracked = list(super().metrics)
+        return tracked + [m for m in self._trackers.values() if m not in tracked]
+
+    # --------------------------------------------------------------- the loss
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """`alpha * CE(y, student) + beta * KD(policy)`, reduced like Keras.
+
+        Samples with labels outside `[0, C)` or non-finite teacher logits
+        contribute nothing and are counted in `invalid_labels` /
+        `nonfinite_teacher`; `fit` then stops with an error naming them.
+        """
+        if y is None:
+            raise ValueError(
+                "The Distiller needs labels: pass `y` to fit/evaluate or a dataset of "
+                "(x, y) pairs."
+            )
+        if self.policy is None:
+            raise ValueError("Call `distiller.compile(...)` before fit/evaluate.")
+        student_logits = kd_ops.as_float32(y_pred)
+        num_classes = student_logits.shape[-1]
+        teacher_logits = ops.stop_gradient(
+            kd_ops.as_float32(self.teacher(x, training=False))
+        )
+        if teacher_logits.shape[-1] != num_classes:
+            raise ValueError(
+                f"`teacher` gives {teacher_logits.shape[-1]} classes but `student` gives "
+                f"{num_classes}: both must predict the same classes."
+            )
+        labels = kd_ops.sparse_labels(y, num_classes)
+
+        labels_ok = ops.logical_and(labels >= 0, labels < num_classes)
+        teacher_ok = ops.all(ops.isfinite(teacher_logits), axis=-1)
+        valid = ops.cast(ops.logical_and(labels_ok, teacher_ok), "float32")
+        labels = ops.clip(labels, 0, num_classes - 1)
+        teacher_logits = ops.where(ops.isfinite(teacher_logits), teacher_logits, 0.0)
+
+        weights = valid
+        if sample_weight is not None:
+            sample_weight = kd_ops.as_float32(sample_weight)
+            weights = weights * ops.reshape(sample_weight, (-1,))
+        batch_size = ops.cast(ops.shape(student_logits)[0], "float32")
+
+        ce = -ops.sum(
+            ops.log_softmax(student_logits, axis=-1) * kd_ops.target_mask(labels, num_classes),
+            axis=-1,
+        )
+        kd, probs, stats = self.policy.kd_loss(
+            teacher_logits, student_logits, labels, self.temperature_scaling
+        )
+        ce_loss = ops.sum(weights * ce) / batch_size
+        kd_loss = ops.sum(weights * kd) / batch_size
+        total = self.alpha * ce_loss + self.beta * kd_loss
+        regularization = self.student.losses
+        if regularization:
+            total = total + ops.sum([ops.cast(r, "float32") for r in regularization])
+
+        trackers = self._trackers
+        trackers["ce_loss"].update_state(ce_loss, sample_weight=batch_size)
+        trackers["kd_loss"].update_state(kd_loss, sample_weight=batch_size)
+        trackers["target_first"].update_state(kd_ops.label_ranked_first(probs, labels))
+        for metric in self.policy.metric_names:
+            trackers[metric].update_state(stats[metric])
+        trackers["invalid_labels"].update_state(1.0 - ops.cast(labels_ok, "float32"))
+        trackers["nonfinite_teacher"].update_state(1.0 - ops.cast(teacher_ok, "float32"))
+        return scale_loss_for_distribution(total)
+
+    # ------------------------------------------------------------- training
+    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with the input checks and teacher protection.
+
+        Checks in-memory data (labels in range, non-empty) before the first
+        step, stops with a clear error if a batch brings bad labels or the
+        teacher gives non-finite logits, and guarantees the teacher's
+        weights survive any error raised during training.
+        """
+        self._check_compiled()
+        check_fit_data(x, y, _output_classes(self.student), argument="x")
+        callbacks = [InputGuard(), *(callbacks or [])]
+        with TeacherSnapshot(self):
+            return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        """`keras.Model.evaluate`, with the same input checks as `fit`."""
+        self._check_compiled()
+        check_fit_data(x, y, _output_classes(self.student), argument="x")
+        callbacks = [InputGuard(), *(callbacks or [])]
+        with TeacherSnapshot(self):
+            return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
+
+    def _check_compiled(self) -> None:
+        if not self.compiled or self.policy is None:
+            raise ValueError("Call `distiller.compile(optimizer, policy=...)` before fit.")
+        self.policy.check_ready()

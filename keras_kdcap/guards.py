@@ -1,0 +1,173 @@
+"""Input checks around `Distiller.fit`: clear errors, and the teacher kept safe."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+
+import keras
+import numpy as np
+
+
+def _is_tf_dataset(x) -> bool:
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(x, tf.data.Dataset)
+
+
+def check_fit_data(x, y, num_classes: int | None, argument: str = "x") -> None:
+    """Checks in-memory inputs before the first training step.
+
+    Args:
+        x: what was passed to fit/evaluate as `x`.
+        y: what was passed as `y` (None for datasets of pairs).
+        num_classes: the student's class count, if known.
+        argument: the argument name used in messages.
+
+    Raises:
+        ValueError: empty data, or labels outside `[0, num_classes)`, or a
+            label array whose shape fits neither sparse nor one-hot labels.
+    """
+    if _is_tf_dataset(x):
+        tf = sys.modules["tensorflow"]
+        if int(x.cardinality()) == 0:
+            raise ValueError(
+                f"`{argument}` is an empty tf.data.Dataset (cardinality 0): "
+                "check the input files and any `take`/`filter` in the pipeline."
+            )
+        del tf
+        return
+    if isinstance(x, keras.utils.PyDataset):
+        try:
+            empty = len(x) == 0
+        except TypeError:
+            empty = False
+        if empty:
+            raise ValueError(f"`{argument}` is an empty PyDataset (len 0).")
+        return
+    if (isinstance(x, (np.ndarray, list)) or hasattr(x, "__array__")) and len(x) == 0:
+        raise ValueError(f"`{argument}` is empty: there is nothing to train on.")
+    if y is None or not (isinstance(y, (np.ndarray, list)) or hasattr(y, "__array__")):
+        return
+    labels = np.asarray(y)
+    if labels.size == 0:
+        raise ValueError("`y` is empty: there is nothing to train on.")
+    if num_classes is None:
+        return
+    if labels.ndim == 2 and labels.shape[1] == num_classes and num_classes > 1:
+        if not np.all(np.isfinite(labels)):
+            raise ValueError("`y` (one-hot labels) contains NaN or inf.")
+        return
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(
+            f"`y` must have shape [N], [N, 1] or one-hot [N, {num_classes}]; "
+            f"got {labels.shape}."
+        )
+    integral = np.issubdtype(labels.dtype, np.integer)
+    if not integral and (not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels))):
+        raise ValueError("`y` must hold integer class indices; it has non-integer values.")
+    bad = (labels < 0) | (labels >= num_classes)
+    if np.any(bad):
+        raise ValueError(
+            f"`y` has labels outside [0, {num_classes}): e.g. {labels[bad][:5].tolist()} "
+            f"({int(bad.sum())} of {labels.size}). Labels must be class indices of the "
+            "teacher's and student's outputs."
+        )
+
+
+class InputGuard(keras.callbacks.Callback):
+    """Stops fit/evaluate at the first batch with bad labels or teacher logits.
+
+    The Distiller already gives such samples zero weight; this turns the
+    per-epoch counts it reports into a clear error, and catches an input
+    that yields no batch at all.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._batches = 0
+
+    def _check(self, logs) -> None:
+        logs = logs or {}
+        self._batches += 1
+        invalid = float(logs.get("invalid_labels", 0.0))
+        if invalid > 0:
+            raise ValueError(
+                f"{int(invalid)} sample(s) have labels outside [0, C) (C = the teacher's and "
+                "student's class count): fix the labels of the dataset passed as `x`/`y`."
+            )
+        nonfinite = float(logs.get("nonfinite_teacher", 0.0))
+        if nonfinite > 0:
+            raise ValueError(
+                f"The teacher gave NaN or inf logits for {int(nonfinite)} sample(s): check "
+                "the `teacher` weights and the inputs (e.g. unnormalised or NaN images)."
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs)
+
+    def on_test_begin(self, logs=None):
+        self._test_batches = self._batches
+        self._batches = 0
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._check(logs)
+
+    def on_test_end(self, logs=None):
+        if self._batches == 0:
+            raise ValueError("The evaluation data yielded no batches: it is empty.")
+        self._batches = getattr(self, "_test_batches", 0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._batches == 0:
+            raise ValueError(
+                "The training data yielded no batches in this epoch: it is empty (or "
+                "`steps_per_epoch` exceeds its length)."
+            )
+
+
+class TeacherSnapshot:
+    """Keeps a host copy of the distiller's weights during fit, restoring them on error.
+
+    On JAX, Keras detaches variables from their values while a fit runs; an
+    error in the middle would leave the teacher (and the student) unusable.
+    On an error this syncs the latest state back, or restores the copy.
+    """
+
+    def __init__(self, distiller: keras.Model):
+        self.distiller = distiller
+
+    def __enter__(self) -> TeacherSnapshot:
+        self.teacher_values = [np.array(v) for v in self.distiller.teacher.weights]
+        self.student_values = [np.array(v) for v in self.distiller.student.weights]
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            return False
+        sync = getattr(self.distiller, "jax_state_sync", None)
+        if sync is not None:
+            with contextlib.suppress(Exception):  # the original error matters more
+                sync()
+        self._restore(self.distiller.teacher.weights, self.teacher_values)
+        if self._restore(self.distiller.student.weights, self.student_values, only_lost=True):
+            warnings.warn(
+                "Training stopped by an error before any state could be synced: the "
+                "student's weights were restored to their values before fit.",
+                stacklevel=3,
+            )
+        return False
+
+    @staticmethod
+    def _restore(variables, values, only_lost: bool = False) -> bool:
+        lost = any(getattr(v, "_value", 0) is None for v in variables)
+        if only_lost and not lost:
+            return False
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+        return True

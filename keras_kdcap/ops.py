@@ -1,0 +1,295 @@
+"""Backend-agnostic numerics shared by the policies, losses and metrics.
+
+Every function takes tensors and returns tensors, runs through `keras.ops`
+only, and computes in float32 whatever the input dtype, so that a bfloat16
+student never softmaxes at a small temperature in half precision.
+The formulas are those of METHODS.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+_EPSILON = 1e-12
+
+
+def as_float32(x):
+    """Converts a tensor (or array) to float32.
+
+    Args:
+        x: any tensor or array.
+
+    Returns:
+        The tensor in float32.
+    """
+    x = ops.convert_to_tensor(x)
+    if x.dtype != "float32":
+        x = ops.cast(x, "float32")
+    return x
+
+
+def _per_sample(temperature, batch_rank: int):
+    """Shapes a scalar or `[B]` temperature so it broadcasts over `[B, C]`."""
+    temperature = as_float32(temperature)
+    if len(temperature.shape) == 1 and batch_rank == 2:
+        temperature = ops.expand_dims(temperature, -1)
+    return temperature
+
+
+def sparse_labels(labels, num_classes: int):
+    """Turns `[B]`, `[B, 1]` or one-hot `[B, C]` labels into int32 `[B]`.
+
+    Args:
+        labels: integer class indices or one-hot rows.
+        num_classes: the class count C, used to recognise one-hot labels.
+
+    Returns:
+        int32 tensor of shape `[B]`.
+    """
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == 2 and labels.shape[-1] == num_classes and num_classes > 1:
+        return ops.cast(ops.argmax(labels, axis=-1), "int32")
+    if len(labels.shape) == 2 and labels.shape[-1] == 1:
+        labels = ops.squeeze(labels, axis=-1)
+    if len(labels.shape) != 1:
+        raise ValueError(
+            f"`labels` must have shape [B], [B, 1] or one-hot [B, {num_classes}]; "
+            f"got shape {tuple(labels.shape)}."
+        )
+    return ops.cast(labels, "int32")
+
+
+def target_mask(labels, num_classes: int, dtype: str = "float32"):
+    """One-hot mask of the target class.
+
+    Args:
+        labels: int `[B]` labels.
+        num_classes: the class count C.
+        dtype: dtype of the mask.
+
+    Returns:
+        `[B, C]` tensor, 1 at the label and 0 elsewhere.
+    """
+    return ops.one_hot(labels, num_classes, dtype=dtype)
+
+
+def tempered_softmax(logits, temperature):
+    """`softmax(logits / temperature)` in float32.
+
+    Args:
+        logits: `[B, C]` logits.
+        temperature: positive scalar or `[B]` per-sample temperatures.
+
+    Returns:
+        `[B, C]` probabilities.
+    """
+    logits = as_float32(logits)
+    return ops.softmax(logits / _per_sample(temperature, len(logits.shape)), axis=-1)
+
+
+def tempered_log_softmax(logits, temperature):
+    """`log_softmax(logits / temperature)` in float32.
+
+    Args:
+        logits: `[B, C]` logits.
+        temperature: positive scalar or `[B]` per-sample temperatures.
+
+    Returns:
+        `[B, C]` log-probabilities.
+    """
+    logits = as_float32(logits)
+    return ops.log_softmax(logits / _per_sample(temperature, len(logits.shape)), axis=-1)
+
+
+def asymmetric_logits(logits, labels, target_temperature, other_temperature):
+    """Teacher logits divided by `tau1` at the label and `tau2` elsewhere.
+
+    Args:
+        logits: `[B, C]` logits.
+        labels: int `[B]` labels.
+        target_temperature: `tau1`, scalar or `[B]`.
+        other_temperature: `tau2`, scalar or `[B]`.
+
+    Returns:
+        `[B, C]` scaled logits.
+    """
+    logits = as_float32(logits)
+    mask = target_mask(labels, logits.shape[-1], dtype="bool")
+    rank = len(logits.shape)
+    return ops.where(
+        mask,
+        logits / _per_sample(target_temperature, rank),
+        logits / _per_sample(other_temperature, rank),
+    )
+
+
+def asymmetric_softmax(logits, labels, target_temperature, other_temperature):
+    """ATS: one softmax with `tau1` on the target class and `tau2` on the rest.
+
+    Args:
+        logits: `[B, C]` teacher logits.
+        labels: int `[B]` labels.
+        target_temperature: `tau1`, scalar or `[B]`.
+        other_temperature: `tau2`, scalar or `[B]`.
+
+    Returns:
+        `[B, C]` probabilities (rows sum to 1).
+    """
+    scaled = asymmetric_logits(logits, labels, target_temperature, other_temperature)
+    return ops.softmax(scaled, axis=-1)
+
+
+def non_target_variance(probs, labels):
+    """Population variance of the C-1 non-target entries (not renormalised).
+
+    Args:
+        probs: `[..., C]` probabilities (any leading shape, e.g. `[B, C]` or
+            `[B, K, C]`).
+        labels: int `[B]` labels; the target is masked out of every row of
+            the sample.
+
+    Returns:
+        Tensor of the leading shape of `probs` without the class axis.
+    """
+    probs = as_float32(probs)
+    num_classes = probs.shape[-1]
+    mask = 1.0 - target_mask(labels, num_classes)
+    for _ in range(len(probs.shape) - 2):
+        mask = ops.expand_dims(mask, 1)
+    count = float(num_classes - 1)
+    mean = ops.sum(probs * mask, axis=-1, keepdims=True) / count
+    centred = (probs - mean) * mask
+    return ops.sum(centred * centred, axis=-1) / count
+
+
+def temperature_grid(min_temperature: float, max_temperature: float, num_candidates: int):
+    """Log-spaced candidate temperatures, both ends included.
+
+    Args:
+        min_temperature: smallest candidate, > 0.
+        max_temperature: largest candidate, > min_temperature.
+        num_candidates: K >= 2.
+
+    Returns:
+        float32 `[K]` tensor.
+    """
+    return ops.exp(
+        ops.linspace(math.log(min_temperature), math.log(max_temperature), num_candidates)
+    )
+
+
+def _variance_over_grid(logits, labels, grid):
+    """`v(q(x; tau))` for every sample and candidate: `[B, K]`."""
+    scaled = ops.expand_dims(logits, 1) / ops.reshape(grid, (1, -1, 1))
+    return non_target_variance(ops.softmax(scaled, axis=-1), labels)
+
+
+def isats_temperature(
+    logits,
+    labels,
+    min_temperature: float = 0.5,
+    max_temperature: float = 20.0,
+    num_candidates: int = 32,
+    refine: bool = False,
+    refine_candidates: int = 8,
+):
+    """Per-sample temperature maximising the non-target variance (ISATS).
+
+    One `[B, K, C]` evaluation over a log-spaced grid; the arg-max is taken
+    per sample. With `refine=True`, a second log-spaced grid of
+    `refine_candidates` points between the neighbours of the best grid point
+    is evaluated and the best of both grids is returned, so the variance at
+    the returned temperature is never below the grid's best.
+
+    Args:
+        logits: `[B, C]` teacher logits.
+        labels: int `[B]` labels.
+        min_temperature: lower end of the search, > 0.
+        max_temperature: upper end, > min_temperature.
+        num_candidates: grid size K >= 2.
+        refine: whether to refine around the best grid point.
+        refine_candidates: points of the refinement grid.
+
+    Returns:
+        float32 `[B]` temperatures, with `stop_gradient` applied.
+    """
+    logits = ops.stop_gradient(as_float32(logits))
+    grid = temperature_grid(min_temperature, max_temperature, num_candidates)
+    variance = _variance_over_grid(logits, labels, grid)
+    best = ops.argmax(variance, axis=-1)
+    tau = ops.take(grid, best)
+    if refine:
+        step = (math.log(max_temperature) - math.log(min_temperature)) / (num_candidates - 1)
+        log_lo = ops.maximum(ops.log(tau) - step, math.log(min_temperature))
+        log_hi = ops.minimum(ops.log(tau) + step, math.log(max_temperature))
+        fractions = ops.linspace(0.0, 1.0, refine_candidates)
+        local = ops.exp(
+            ops.expand_dims(log_lo, -1)
+            + ops.expand_dims(log_hi - log_lo, -1) * ops.expand_dims(fractions, 0)
+        )
+        scaled = ops.expand_dims(logits, 1) / ops.expand_dims(local, -1)
+        local_variance = non_target_variance(ops.softmax(scaled, axis=-1), labels)
+        local_best = ops.argmax(local_variance, axis=-1)
+        local_tau = ops.take_along_axis(local, ops.expand_dims(local_best, -1), axis=-1)[:, 0]
+        local_value = ops.max(local_variance, axis=-1)
+        grid_value = ops.max(variance, axis=-1)
+        tau = ops.where(local_value > grid_value, local_tau, tau)
+    return ops.stop_gradient(tau)
+
+
+def keep_target_first(logits, labels, target_temperature, other_temperature):
+    """Caps `tau1` per sample so the label stays ranked first under ATS.
+
+    Raising the target's temperature above the others keeps the label first
+    only while `f_y / tau1 >= max_{c != y} f_c / tau2`. Where the teacher
+    ranks the label first and `m = max_{c != y} f_c > 0`, this holds iff
+    `tau1 <= tau2 * f_y / m`; elsewhere `tau1` is left as it is.
+
+    Args:
+        logits: `[B, C]` teacher logits.
+        labels: int `[B]` labels.
+        target_temperature: requested `tau1`, `[B]`.
+        other_temperature: `tau2`, `[B]`.
+
+    Returns:
+        `(tau1, capped)`: the possibly lowered `[B]` target temperatures and a
+        float32 `[B]` flag, 1 where the cap was applied.
+    """
+    logits = as_float32(logits)
+    target = target_logit(logits, labels)
+    other_max = max_non_target_logit(logits, labels)
+    ranked_first = target >= other_max
+    positive = other_max > 0.0
+    bound = other_temperature * target / ops.where(positive, other_max, 1.0)
+    needs_cap = ops.logical_and(
+        ops.logical_and(ranked_first, positive), target_temperature > bound
+    )
+    return ops.where(needs_cap, bound, target_temperature), ops.cast(needs_cap, "float32")
+
+
+def target_logit(logits, labels):
+    """The logit of the label, `[B]`."""
+    mask = target_mask(labels, logits.shape[-1])
+    return ops.sum(as_float32(logits) * mask, axis=-1)
+
+
+def max_non_target_logit(logits, labels):
+    """The largest logit among the non-target classes, `[B]`."""
+    logits = as_float32(logits)
+    mask = target_mask(labels, logits.shape[-1], dtype="bool")
+    return ops.max(ops.where(mask, -float("inf"), logits), axis=-1)
+
+
+def label_ranked_first(probs, labels):
+    """1.0 where the label has the largest entry of the row (ties count), else 0.
+
+    Args:
+        probs: `[B, C]` probabilities or logits.
+        labels: int `[B]` labels.
+
+    Returns:
+        float32 `[B]` flags.
+    """
+    return ops.cast(target_logit(probs, labels) >= max_non_target_logit(probs, labels), "float32")

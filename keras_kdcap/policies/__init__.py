@@ -1,0 +1,9 @@
+"""Temperature policies: one file per distillation method."""
+
+from keras_kdcap.policies.ats import ATS
+from keras_kdcap.policies.base import TemperaturePolicy
+from keras_kdcap.policies.fgcr import FGCR
+from keras_kdcap.policies.fixed import FixedTemperature
+from keras_kdcap.policies.isats import ISATS
+
+__all__ = ["ATS", "FGCR", "FixedTemperature", "ISATS", "TemperaturePolicy"]

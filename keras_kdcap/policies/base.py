@@ -1,0 +1,99 @@
+"""The temperature-policy interface every distillation method implements."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_kdcap import ops as kd_ops
+from keras_kdcap.losses import distillation_loss
+
+
+class TemperaturePolicy(keras.layers.Layer):
+    """Maps teacher logits (and labels) to a target and a student temperature.
+
+    A policy is a Keras layer so that any state it owns (FGCR's relations, a
+    learnable temperature) is tracked, saved and restored with the
+    Distiller. It computes in float32 whatever the global dtype policy.
+
+    Subclasses implement `compute_target`; methods whose KD term is not
+    `s^2 KL(t || softmax(g/s))` override `kd_loss` instead. Per-sample
+    statistics named in `metric_names` are averaged by the Distiller into
+    its History.
+    """
+
+    #: whether `compute_target` needs the labels.
+    requires_labels: bool = True
+    #: names of the per-sample statistics `compute_target` returns.
+    metric_names: tuple[str, ...] = ()
+
+    def __init__(self, name: str | None = None, **kwargs):
+        kwargs.pop("dtype", None)
+        super().__init__(name=name, dtype="float32", **kwargs)
+
+    def compute_target(self, teacher_logits, labels):
+        """Returns the target distribution, the student temperature and statistics.
+
+        Args:
+            teacher_logits: `[B, C]` teacher logits.
+            labels: int32 `[B]` labels, or None for policies that need none.
+
+        Returns:
+            `(probs, student_temperature, stats)`: `[B, C]` probabilities
+            whose rows sum to 1, float32 `[B]` temperatures, and a dict of
+            float32 `[B]` statistics keyed by `metric_names`.
+        """
+        raise NotImplementedError
+
+    def kd_loss(self, teacher_logits, student_logits, labels, temperature_scaling: bool = True):
+        """Per-sample KD term and the target's statistics.
+
+        Args:
+            teacher_logits: `[B, C]` teacher logits (gradient stopped).
+            student_logits: `[B, C]` student logits.
+            labels: int32 `[B]` labels or None.
+            temperature_scaling: multiply by `s^2`.
+
+        Returns:
+            `(loss, probs, stats)`: float32 `[B]` KD losses, the `[B, C]`
+            teacher target, and the statistics dict.
+        """
+        probs, temperature, stats = self.compute_target(teacher_logits, labels)
+        loss = distillation_loss(probs, student_logits, temperature, temperature_scaling)
+        return loss, probs, stats
+
+    def check_ready(self) -> None:
+        """Raises if the policy needs preparation (e.g. `adapt`) before use."""
+
+    def call(self, teacher_logits, labels=None):
+        """`probs, student_temperature = policy(teacher_logits, labels)`.
+
+        Args:
+            teacher_logits: `[B, C]` teacher logits.
+            labels: `[B]`, `[B, 1]` or one-hot labels (required when
+                `requires_labels`).
+
+        Returns:
+            `(probs, student_temperature)`, `[B, C]` and `[B]`.
+        """
+        self.check_ready()
+        teacher_logits = kd_ops.as_float32(teacher_logits)
+        labels = self._labels(labels, teacher_logits.shape[-1])
+        probs, temperature, _ = self.compute_target(teacher_logits, labels)
+        return probs, temperature
+
+    def _labels(self, labels, num_classes: int):
+        if labels is None:
+            if self.requires_labels:
+                raise ValueError(
+                    f"{type(self).__name__} needs the labels: call it as "
+                    "`policy(teacher_logits, labels)`."
+                )
+            return None
+        return kd_ops.sparse_labels(labels, num_classes)
+
+    def compute_output_spec(self, teacher_logits, labels=None):
+        batch = teacher_logits.shape[0]
+        return (
+            keras.KerasTensor(teacher_logits.shape, dtype="float32"),
+            keras.KerasTensor((batch,), dtype="float32"),
+        )

@@ -1,0 +1,176 @@
+"""FGCR: fusing global class relations into the per-sample teacher target."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_kdcap import ops as kd_ops
+from keras_kdcap.policies.base import TemperaturePolicy
+from keras_kdcap.validation import check_fraction, check_int_at_least, check_positive
+
+
+@keras.saving.register_keras_serializable(package="keras_kdcap")
+class FGCR(TemperaturePolicy):
+    """`t(x) = (1 - w) softmax(f(x) / T) + w R_y`, student at `T`.
+
+    `R` is a `[C, C]` row-stochastic matrix of class relations, set before
+    distillation by `adapt(teacher, dataset)` (each class's mean teacher
+    probability vector at `T`) or by `set_classifier_relations(kernel)`
+    (softmax of cosine similarities between classifier weight vectors; no
+    data pass). The exact form in the paper could not be read: this is the
+    project's definition (docs/policies/fgcr.md).
+
+    Args:
+        weight: `w` in [0, 1].
+        temperature: `T`, > 0, for the per-sample part, the class means and
+            the student.
+        num_classes: C; creates the relations variable now (needed to load
+            a saved Distiller). Inferred by `adapt`/`set_relations` if None.
+        name: layer name.
+    """
+
+    metric_names = ()
+
+    def __init__(
+        self,
+        weight: float = 0.5,
+        temperature: float = 4.0,
+        num_classes: int | None = None,
+        name: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        self.weight = check_fraction("weight", weight)
+        self.temperature = check_positive("temperature", temperature)
+        self.num_classes = None
+        self.relations = None
+        self._ready = False
+        if num_classes is not None:
+            self._create_relations(check_int_at_least("num_classes", num_classes, 2))
+
+    def _create_relations(self, num_classes: int) -> None:
+        if self.num_classes is not None:
+            if num_classes != self.num_classes:
+                raise ValueError(
+                    f"FGCR was built for num_classes={self.num_classes}; got relations "
+                    f"for {num_classes} classes."
+                )
+            return
+        self.num_classes = num_classes
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            self.relations = self.add_weight(
+                name="relations",
+                shape=(num_classes, num_classes),
+                initializer="zeros",
+                trainable=False,
+                dtype="float32",
+            )
+        finally:
+            if locked:
+                self._tracker.lock()
+
+    def set_relations(self, relations) -> None:
+        """Sets `R` directly.
+
+        Args:
+            relations: `[C, C]` array, non-negative rows summing to 1.
+        """
+        relations = np.asarray(keras.ops.convert_to_numpy(relations), dtype="float64")
+        if relations.ndim != 2 or relations.shape[0] != relations.shape[1]:
+            raise ValueError(f"`relations` must be a square [C, C] matrix; got {relations.shape}.")
+        if not np.all(np.isfinite(relations)) or np.any(relations < 0):
+            raise ValueError("`relations` must be finite and non-negative.")
+        if not np.allclose(relations.sum(axis=1), 1.0, atol=1e-4):
+            raise ValueError("Each row of `relations` must sum to 1 (a probability vector).")
+        self._create_relations(relations.shape[0])
+        self.relations.assign(relations.astype("float32"))
+        self._ready = True
+
+    def adapt(self, teacher: keras.Model, dataset, steps: int | None = None) -> None:
+        """Sets `R_y` to the mean of `softmax(f(x) / T)` over class y's samples.
+
+        Args:
+            teacher: the teacher model (called with `training=False`).
+            dataset: batches of `(x, y)` (a `tf.data.Dataset`, a
+                `keras.utils.PyDataset` or any iterable of pairs).
+            steps: number of batches to use; all when None.
+        """
+        sums = counts = None
+        for step, batch in enumerate(dataset):
+            if steps is not None and step >= steps:
+                break
+            x, y = batch[0], batch[1]
+            logits = kd_ops.as_float32(teacher(x, training=False))
+            num_classes = logits.shape[-1]
+            labels = kd_ops.sparse_labels(y, num_classes)
+            probs = ops.convert_to_numpy(kd_ops.tempered_softmax(logits, self.temperature))
+            onehot = np.eye(num_classes)[ops.convert_to_numpy(labels)]
+            if sums is None:
+                sums = np.zeros((num_classes, num_classes))
+                counts = np.zeros(num_classes)
+            sums += onehot.T @ probs.astype("float64")
+            counts += onehot.sum(axis=0)
+        if sums is None:
+            raise ValueError("`dataset` yielded no batches: FGCR.adapt needs labelled data.")
+        missing = np.flatnonzero(counts == 0)
+        if missing.size:
+            raise ValueError(
+                f"`dataset` has no samples of classes {missing[:10].tolist()}"
+                f"{'...' if missing.size > 10 else ''}: FGCR.adapt needs every class. "
+                "Use more data or `set_classifier_relations`."
+            )
+        self.set_relations(sums / counts[:, None])
+
+    def set_classifier_relations(self, kernel, relation_temperature: float = 0.25) -> None:
+        """Sets `R = softmax(cos(w_i, w_j) / relation_temperature)` row-wise.
+
+        Args:
+            kernel: the teacher classifier's `[D, C]` kernel (Keras Dense
+                layout); column c is class c's weight vector.
+            relation_temperature: temperature of the row softmax, > 0.
+        """
+        relation_temperature = check_positive("relation_temperature", relation_temperature)
+        kernel = np.asarray(ops.convert_to_numpy(kernel), dtype="float64")
+        if kernel.ndim != 2:
+            raise ValueError(f"`kernel` must be a [D, C] matrix; got shape {kernel.shape}.")
+        unit = kernel / np.maximum(np.linalg.norm(kernel, axis=0, keepdims=True), 1e-12)
+        logits = unit.T @ unit / relation_temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        relations = np.exp(logits)
+        self.set_relations(relations / relations.sum(axis=1, keepdims=True))
+
+    def check_ready(self) -> None:
+        if not self._ready:
+            raise ValueError(
+                "FGCR has no class relations yet: call `policy.adapt(teacher, dataset)` or "
+                "`policy.set_classifier_relations(teacher_classifier_kernel)` before "
+                "distilling."
+            )
+
+    def compute_target(self, teacher_logits, labels):
+        if teacher_logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"FGCR relations are for {self.num_classes} classes, the teacher gives "
+                f"{teacher_logits.shape[-1]}."
+            )
+        per_sample = kd_ops.tempered_softmax(teacher_logits, self.temperature)
+        global_relations = ops.take(ops.convert_to_tensor(self.relations), labels, axis=0)
+        probs = (1.0 - self.weight) * per_sample + self.weight * global_relations
+        student_temperature = ops.full((ops.shape(teacher_logits)[0],), self.temperature)
+        return probs, student_temperature, {}
+
+    def load_own_variables(self, store) -> None:
+        super().load_own_variables(store)
+        if self.relations is not None:
+            self._ready = True
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            weight=self.weight, temperature=self.temperature, num_classes=self.num_classes
+        )
+        return config

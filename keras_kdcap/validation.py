@@ -1,0 +1,98 @@
+"""Argument checks that raise errors naming the argument and the fix."""
+
+from __future__ import annotations
+
+import math
+
+
+def check_positive(name: str, value: float) -> float:
+    """Returns `value` as a float if it is finite and > 0, else raises.
+
+    Args:
+        name: the argument's name, used in the message.
+        value: the value to check.
+
+    Returns:
+        The value as a Python float.
+    """
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a positive number; got {value!r}.") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0; got {value}.")
+    return value
+
+
+def check_non_negative(name: str, value: float) -> float:
+    """Returns `value` as a float if it is finite and >= 0, else raises.
+
+    Args:
+        name: the argument's name.
+        value: the value to check.
+
+    Returns:
+        The value as a Python float.
+    """
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a number >= 0; got {value!r}.") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0; got {value}.")
+    return value
+
+
+def check_fraction(name: str, value: float) -> float:
+    """Returns `value` as a float if it lies in [0, 1], else raises.
+
+    Args:
+        name: the argument's name.
+        value: the value to check.
+
+    Returns:
+        The value as a Python float.
+    """
+    value = check_non_negative(name, value)
+    if value > 1:
+        raise ValueError(f"`{name}` must lie in [0, 1]; got {value}.")
+    return value
+
+
+def check_range(min_name: str, min_value: float, max_name: str, max_value: float):
+    """Checks `0 < min_value < max_value`.
+
+    Args:
+        min_name: name of the lower bound argument.
+        min_value: the lower bound.
+        max_name: name of the upper bound argument.
+        max_value: the upper bound.
+
+    Returns:
+        `(min_value, max_value)` as floats.
+    """
+    min_value = check_positive(min_name, min_value)
+    max_value = check_positive(max_name, max_value)
+    if min_value >= max_value:
+        raise ValueError(
+            f"`{min_name}` must be smaller than `{max_name}`; got {min_value} >= {max_value}."
+        )
+    return min_value, max_value
+
+
+def check_int_at_least(name: str, value: int, minimum: int) -> int:
+    """Returns `value` if it is an integer >= `minimum`, else raises.
+
+    Args:
+        name: the argument's name.
+        value: the value to check.
+        minimum: the smallest allowed value.
+
+    Returns:
+        The value as an int.
+    """
+    if isinstance(value, bool) or int(value) != value:
+        raise TypeError(f"`{name}` must be an integer; got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    return int(value)
