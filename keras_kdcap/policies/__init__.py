@@ -5,5 +5,14 @@ from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.policies.fgcr import FGCR
 from keras_kdcap.policies.fixed import FixedTemperature
 from keras_kdcap.policies.isats import ISATS
+from keras_kdcap.policies.registry import POLICIES, get_policy
 
-__all__ = ["ATS", "FGCR", "FixedTemperature", "ISATS", "TemperaturePolicy"]
+__all__ = [
+    "ATS",
+    "FGCR",
+    "POLICIES",
+    "FixedTemperature",
+    "ISATS",
+    "TemperaturePolicy",
+    "get_policy",
+]
