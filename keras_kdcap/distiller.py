@@ -216,16 +216,13 @@ class Distiller(keras.Model):
         """
         if y is None:
             raise ValueError(
-                "The Distiller needs labels: pass `y` to fit/evaluate or a dataset of "
-                "(x, y) pairs."
+                "The Distiller needs labels: pass `y` to fit/evaluate or a dataset of (x, y) pairs."
             )
         if self.policy is None:
             raise ValueError("Call `distiller.compile(...)` before fit/evaluate.")
         student_logits = kd_ops.as_float32(y_pred)
         num_classes = student_logits.shape[-1]
-        teacher_logits = ops.stop_gradient(
-            kd_ops.as_float32(self.teacher(x, training=False))
-        )
+        teacher_logits = ops.stop_gradient(kd_ops.as_float32(self.teacher(x, training=False)))
         if teacher_logits.shape[-1] != num_classes:
             raise ValueError(
                 f"`teacher` gives {teacher_logits.shape[-1]} classes but `student` gives "

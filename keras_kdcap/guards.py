@@ -62,8 +62,7 @@ def check_fit_data(x, y, num_classes: int | None, argument: str = "x") -> None:
         labels = labels[:, 0]
     if labels.ndim != 1:
         raise ValueError(
-            f"`y` must have shape [N], [N, 1] or one-hot [N, {num_classes}]; "
-            f"got {labels.shape}."
+            f"`y` must have shape [N], [N, 1] or one-hot [N, {num_classes}]; got {labels.shape}."
         )
     integral = np.issubdtype(labels.dtype, np.integer)
     if not integral and (not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels))):

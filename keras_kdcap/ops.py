@@ -258,14 +258,14 @@ def keep_target_first(logits, labels, target_temperature, other_temperature):
         float32 `[B]` flag, 1 where the cap was applied.
     """
     logits = as_float32(logits)
+    target_temperature = as_float32(target_temperature)
+    other_temperature = as_float32(other_temperature)
     target = target_logit(logits, labels)
     other_max = max_non_target_logit(logits, labels)
     ranked_first = target >= other_max
     positive = other_max > 0.0
     bound = other_temperature * target / ops.where(positive, other_max, 1.0)
-    needs_cap = ops.logical_and(
-        ops.logical_and(ranked_first, positive), target_temperature > bound
-    )
+    needs_cap = ops.logical_and(ops.logical_and(ranked_first, positive), target_temperature > bound)
     return ops.where(needs_cap, bound, target_temperature), ops.cast(needs_cap, "float32")
 
 

@@ -1,0 +1,51 @@
+"""Shared fixtures: the backend under test, seeded data and the CIFAR-100 copy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+
+def cifar100_dir() -> Path:
+    """The offline CIFAR-100 copy: $KDCAP_CIFAR100_DIR or ../shared beside the checkout."""
+    env = os.environ.get("KDCAP_CIFAR100_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100"
+
+
+@pytest.fixture
+def cifar100_path() -> Path:
+    path = cifar100_dir()
+    if not (path / "train.npz").exists():
+        pytest.skip(f"offline CIFAR-100 not found at {path} (set KDCAP_CIFAR100_DIR)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)
+    yield
+
+
+def pytest_report_header(config):
+    return f"keras backend: {keras.backend.backend()}, keras {keras.__version__}"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def pytest_terminal_summary(terminalreporter):
+    from helpers import MAX_RELATIVE_ERROR
+
+    if not MAX_RELATIVE_ERROR:
+        return
+    terminalreporter.section(f"max relative error vs float64 reference ({keras.backend.backend()})")
+    for name, value in sorted(MAX_RELATIVE_ERROR.items()):
+        terminalreporter.write_line(f"{name:<40s} {value:.3e}")

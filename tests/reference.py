@@ -1,0 +1,132 @@
+"""Float64 NumPy references written from METHODS.md, independent of the library."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+
+
+def tempered_softmax(f, tau) -> np.ndarray:
+    tau = np.asarray(tau, dtype=np.float64)
+    if tau.ndim == 1:
+        tau = tau[:, None]
+    return softmax(np.asarray(f, np.float64) / tau)
+
+
+def ats(f, y, tau1, tau2) -> np.ndarray:
+    """t_y = exp(f_y/tau1)/Z, t_c = exp(f_c/tau2)/Z, computed sample by sample."""
+    f = np.asarray(f, np.float64)
+    b = f.shape[0]
+    tau1 = np.broadcast_to(np.asarray(tau1, np.float64), (b,))
+    tau2 = np.broadcast_to(np.asarray(tau2, np.float64), (b,))
+    out = np.empty_like(f)
+    for i in range(b):
+        z = f[i] / tau2[i]
+        z[y[i]] = f[i, y[i]] / tau1[i]
+        out[i] = softmax(z)
+    return out
+
+
+def non_target_variance(p, y) -> np.ndarray:
+    """Population variance of the C-1 non-target entries, sample by sample."""
+    p = np.asarray(p, np.float64)
+    return np.array([np.var(np.delete(p[i], y[i])) for i in range(p.shape[0])])
+
+
+def isats_grid(lo: float, hi: float, k: int) -> np.ndarray:
+    return np.exp(np.linspace(np.log(lo), np.log(hi), k))
+
+
+def isats_brute_force(f, y, lo, hi, k):
+    """Grid arg-max of v(q(x; tau)), one sample and one candidate at a time.
+
+    Returns:
+        (tau*, variance at each candidate [B, K]).
+    """
+    grid = isats_grid(lo, hi, k)
+    f = np.asarray(f, np.float64)
+    values = np.zeros((f.shape[0], k))
+    for i in range(f.shape[0]):
+        for j, tau in enumerate(grid):
+            p = softmax(f[i] / tau)
+            values[i, j] = np.var(np.delete(p, y[i]))
+    return grid[np.argmax(values, axis=1)], values
+
+
+def kl_kd(t, g, s, scaling: bool = True) -> np.ndarray:
+    """s^2 * KL(t || softmax(g / s)) per sample."""
+    t = np.asarray(t, np.float64)
+    s = np.broadcast_to(np.asarray(s, np.float64), (t.shape[0],))
+    log_q = log_softmax(np.asarray(g, np.float64) / s[:, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(t > 0, t * (np.log(np.where(t > 0, t, 1.0)) - log_q), 0.0)
+    kl = term.sum(axis=-1)
+    return kl * s**2 if scaling else kl
+
+
+def cross_entropy(g, y) -> np.ndarray:
+    return -log_softmax(g)[np.arange(len(y)), y]
+
+
+def regt(f, y, gamma, tau) -> np.ndarray:
+    c = f.shape[-1]
+    return cross_entropy(f, y) - gamma * (c - 1) * non_target_variance(tempered_softmax(f, tau), y)
+
+
+def isats_target(f, y, lo, hi, k, ratio, fallback, keep_first=True):
+    """ISATS teacher target from METHODS.md, sample by sample.
+
+    Returns:
+        (probs, tau2, tau1, fallback flags, cap flags).
+    """
+    f = np.asarray(f, np.float64)
+    tau_star, _ = isats_brute_force(f, y, lo, hi, k)
+    b = f.shape[0]
+    tau1 = np.empty(b)
+    tau2 = np.empty(b)
+    fell = np.zeros(b)
+    capped = np.zeros(b)
+    for i in range(b):
+        others = np.delete(f[i], y[i])
+        if f[i, y[i]] >= others.max():
+            tau2[i] = tau_star[i]
+            tau1[i] = ratio * tau_star[i]
+            m = others.max()
+            if keep_first and m > 0 and f[i, y[i]] / tau1[i] < m / tau2[i]:
+                tau1[i] = tau2[i] * f[i, y[i]] / m
+                capped[i] = 1
+        else:
+            tau1[i] = tau2[i] = fallback
+            fell[i] = 1
+    return ats(f, y, tau1, tau2), tau2, tau1, fell, capped
+
+
+def fgcr(f, y, relations, weight, tau) -> np.ndarray:
+    return (1 - weight) * tempered_softmax(f, tau) + weight * np.asarray(relations)[y]
+
+
+def class_mean_relations(f, y, tau, num_classes) -> np.ndarray:
+    p = tempered_softmax(f, tau)
+    return np.stack([p[y == c].mean(axis=0) for c in range(num_classes)])
+
+
+def cosine_relations(kernel, tau) -> np.ndarray:
+    w = np.asarray(kernel, np.float64)
+    c = w.shape[1]
+    r = np.empty((c, c))
+    for i in range(c):
+        for j in range(c):
+            r[i, j] = w[:, i] @ w[:, j] / (np.linalg.norm(w[:, i]) * np.linalg.norm(w[:, j]))
+    return softmax(r / tau)
