@@ -7,7 +7,15 @@ backend-agnostic numerics in `keras_kdcap.ops`.
 from keras_kdcap import ops
 from keras_kdcap.distiller import Distiller
 from keras_kdcap.losses import RegTLoss, distillation_loss
-from keras_kdcap.policies import ATS, FGCR, ISATS, FixedTemperature, TemperaturePolicy
+from keras_kdcap.policies import (
+    ATS,
+    FGCR,
+    ISATS,
+    FixedTemperature,
+    TemperaturePolicy,
+    get_policy,
+    get_policy_names,
+)
 
 __version__ = "0.1.0"
 
@@ -20,5 +28,7 @@ __all__ = [
     "RegTLoss",
     "TemperaturePolicy",
     "distillation_loss",
+    "get_policy",
+    "get_policy_names",
     "ops",
 ]

@@ -13,6 +13,9 @@ import math
 from keras import ops
 
 _EPSILON = 1e-12
+#: the capped target logit `f_y / tau1` is kept this factor above `m / tau2`,
+#: so that the label stays strictly first after float32 rounding.
+_CAP_MARGIN = 1.0 + 1e-3
 
 
 def as_float32(x):
@@ -245,7 +248,9 @@ def keep_target_first(logits, labels, target_temperature, other_temperature):
     Raising the target's temperature above the others keeps the label first
     only while `f_y / tau1 >= max_{c != y} f_c / tau2`. Where the teacher
     ranks the label first and `m = max_{c != y} f_c > 0`, this holds iff
-    `tau1 <= tau2 * f_y / m`; elsewhere `tau1` is left as it is.
+    `tau1 <= tau2 * f_y / m`; the cap is `tau2 * f_y / (1.001 m)`, a 0.1%
+    margin that keeps the label strictly first after float32 rounding.
+    Elsewhere `tau1` is left as it is.
 
     Args:
         logits: `[B, C]` teacher logits.
@@ -264,7 +269,7 @@ def keep_target_first(logits, labels, target_temperature, other_temperature):
     other_max = max_non_target_logit(logits, labels)
     ranked_first = target >= other_max
     positive = other_max > 0.0
-    bound = other_temperature * target / ops.where(positive, other_max, 1.0)
+    bound = other_temperature * target / (ops.where(positive, other_max, 1.0) * _CAP_MARGIN)
     needs_cap = ops.logical_and(ops.logical_and(ranked_first, positive), target_temperature > bound)
     return ops.where(needs_cap, bound, target_temperature), ops.cast(needs_cap, "float32")
 

@@ -104,8 +104,9 @@ def isats_target(f, y, lo, hi, k, ratio, fallback, keep_first=True):
             tau2[i] = tau_star[i]
             tau1[i] = ratio * tau_star[i]
             m = others.max()
-            if keep_first and m > 0 and f[i, y[i]] / tau1[i] < m / tau2[i]:
-                tau1[i] = tau2[i] * f[i, y[i]] / m
+            bound = tau2[i] * f[i, y[i]] / (m * 1.001)  # 0.1% margin, as documented
+            if keep_first and m > 0 and tau1[i] > bound:
+                tau1[i] = bound
                 capped[i] = 1
         else:
             tau1[i] = tau2[i] = fallback

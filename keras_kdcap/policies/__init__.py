@@ -5,7 +5,7 @@ from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.policies.fgcr import FGCR
 from keras_kdcap.policies.fixed import FixedTemperature
 from keras_kdcap.policies.isats import ISATS
-from keras_kdcap.policies.registry import POLICIES, get_policy
+from keras_kdcap.policies.registry import POLICIES, get_policy, get_policy_names
 
 __all__ = [
     "ATS",
@@ -15,4 +15,5 @@ __all__ = [
     "ISATS",
     "TemperaturePolicy",
     "get_policy",
+    "get_policy_names",
 ]

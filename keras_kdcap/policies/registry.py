@@ -34,3 +34,8 @@ def get_policy(name: str, **kwargs) -> TemperaturePolicy:
             f"Unknown policy {name!r}: choose one of {', '.join(sorted(POLICIES))}."
         ) from None
     return cls(**kwargs)
+
+
+def get_policy_names() -> tuple[str, ...]:
+    """The flag names `get_policy` accepts, sorted."""
+    return tuple(sorted(POLICIES))
