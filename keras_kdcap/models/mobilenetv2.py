@@ -1,0 +1,122 @@
+"""CIFAR MobileNetV2 (Sandler et al. 2018) as RepDistiller's ``mobile_half``.
+
+Layout: 3x3 stride-2 conv stem with ``int(32 * w)`` channels, seven stages of inverted
+residuals ``(t, c, n, s)`` = (1, 16, 1, 1), (T, 24, 2, 1), (T, 32, 3, 2), (T, 64, 4, 2),
+(T, 96, 3, 1), (T, 160, 3, 2), (T, 320, 1, 1) with ``int(c * w)`` output channels, a 1x1
+conv to 1280 channels (``int(1280 * w)`` when ``w > 1``), global average pooling and the
+``"classifier"`` Dense. Every inverted residual keeps its 1x1 expansion conv, even with
+``t = 1`` (as the reference does); the residual is used when the stride is 1 and the width
+is unchanged. A 32x32 image ends at 2x2 before pooling.
+
+``mobilenetv2`` in the zoo is ``T = 6, w = 0.5``; feature dimension ``D = 1280``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import layers
+
+from keras_kdcap.models._common import (
+    batch_norm,
+    check_num_classes,
+    conv2d,
+    depthwise_conv2d,
+    finish_model,
+    model_input,
+    relu,
+)
+
+
+def _stage_settings(expansion: int) -> tuple[tuple[int, int, int, int], ...]:
+    """The ``(t, c, n, s)`` rows of the inverted-residual stages."""
+    t = expansion
+    return (
+        (1, 16, 1, 1),
+        (t, 24, 2, 1),
+        (t, 32, 3, 2),
+        (t, 64, 4, 2),
+        (t, 96, 3, 1),
+        (t, 160, 3, 2),
+        (t, 320, 1, 1),
+    )
+
+
+def _inverted_residual(
+    x: Any, filters: int, strides: int, expansion: int, name: str, kernel_regularizer: Any
+) -> Any:
+    """Expand (1x1) - depthwise (3x3) - project (1x1, linear), residual when shapes match."""
+    in_channels = x.shape[-1]
+    hidden = in_channels * expansion
+    out = conv2d(x, hidden, 1, name=f"{name}_expand", kernel_regularizer=kernel_regularizer)
+    out = relu(batch_norm(out, name=f"{name}_expand_bn"), name=f"{name}_expand_relu")
+    out = depthwise_conv2d(out, strides, name=f"{name}_dw", kernel_regularizer=kernel_regularizer)
+    out = relu(batch_norm(out, name=f"{name}_dw_bn"), name=f"{name}_dw_relu")
+    out = conv2d(out, filters, 1, name=f"{name}_project", kernel_regularizer=kernel_regularizer)
+    out = batch_norm(out, name=f"{name}_project_bn")
+    if strides == 1 and in_channels == filters:
+        out = layers.Add(name=f"{name}_add")([x, out])
+    return out
+
+
+def build_mobilenetv2(
+    width_mult: float = 0.5,
+    expansion: int = 6,
+    num_classes: int = 100,
+    input_shape: Sequence[int | None] = (32, 32, 3),
+    with_features: bool = False,
+    kernel_regularizer: Any = None,
+    name: str | None = None,
+) -> keras.Model:
+    """Build a CIFAR MobileNetV2 with width multiplier ``width_mult`` and expansion ``T``.
+
+    Args:
+        width_mult: channel multiplier ``w`` (0.5 for RepDistiller's ``mobile_half``).
+        expansion: expansion ratio ``T`` of every stage but the first.
+        num_classes: number of logits.
+        input_shape: image shape ``(H, W, C)``, channels last.
+        with_features: if True, output ``{"logits": [B, C], "features": [B, 1280]}``.
+        kernel_regularizer: optional regularizer for every conv and dense kernel.
+        name: model name; ``mobilenetv2`` for the default configuration if None.
+
+    Returns:
+        A functional ``keras.Model`` producing float32 logits.
+    """
+    num_classes = check_num_classes(num_classes)
+    if width_mult <= 0 or expansion < 1:
+        raise ValueError(f"need width_mult > 0 and expansion >= 1, got {width_mult}, {expansion}")
+    if name is None:
+        default = width_mult == 0.5 and expansion == 6
+        name = "mobilenetv2" if default else f"mobilenetv2_t{expansion}_w{width_mult:g}"
+    kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    last_channels = int(1280 * width_mult) if width_mult > 1.0 else 1280
+
+    inputs = model_input(input_shape)
+    x = conv2d(
+        inputs, int(32 * width_mult), 3, 2, name="stem_conv", kernel_regularizer=kernel_regularizer
+    )
+    x = relu(batch_norm(x, name="stem_bn"), name="stem_relu")
+    for stage, (t, c, n, s) in enumerate(_stage_settings(expansion), start=1):
+        for block in range(1, n + 1):
+            x = _inverted_residual(
+                x,
+                int(c * width_mult),
+                s if block == 1 else 1,
+                t,
+                name=f"stage{stage}_block{block}",
+                kernel_regularizer=kernel_regularizer,
+            )
+    x = conv2d(x, last_channels, 1, name="head_conv", kernel_regularizer=kernel_regularizer)
+    x = relu(batch_norm(x, name="head_bn"), name="head_relu")
+    features = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    return finish_model(
+        inputs,
+        features,
+        num_classes,
+        name=name,
+        with_features=with_features,
+        kernel_regularizer=kernel_regularizer,
+        classifier_initializer=keras.initializers.RandomNormal(stddev=0.01),
+    )
