@@ -25,6 +25,17 @@ BASE_METRICS = ("ce_loss", "kd_loss", "target_first")
 GUARD_METRICS = ("invalid_labels", "nonfinite_teacher")
 
 
+#: key of a batch dict holding precomputed teacher logits (see keras_kdcap.cache).
+TEACHER_LOGITS_KEY = "teacher_logits"
+
+
+def split_cached(x):
+    """Splits `{"inputs": x, "teacher_logits": f}` batches into `(x, f)`; else `(x, None)`."""
+    if isinstance(x, dict) and TEACHER_LOGITS_KEY in x:
+        return x["inputs"], x[TEACHER_LOGITS_KEY]
+    return x, None
+
+
 def _output_classes(model) -> int | None:
     try:
         shape = model.output_shape
@@ -192,10 +203,12 @@ class Distiller(keras.Model):
 
     # -------------------------------------------------------------- forward
     def call(self, inputs, training=None):
-        """The student's logits."""
+        """The student's logits (of `inputs["inputs"]` for cached-teacher batches)."""
+        inputs, _ = split_cached(inputs)
         return self.student(inputs, training=training)
 
     def build(self, input_shape) -> None:
+        input_shape, _ = split_cached(input_shape)
         if not self.student.built:
             self.student.build(input_shape)
         if not self.teacher.built:
@@ -222,7 +235,10 @@ class Distiller(keras.Model):
             raise ValueError("Call `distiller.compile(...)` before fit/evaluate.")
         student_logits = kd_ops.as_float32(y_pred)
         num_classes = student_logits.shape[-1]
-        teacher_logits = ops.stop_gradient(kd_ops.as_float32(self.teacher(x, training=False)))
+        x, cached_logits = split_cached(x)
+        if cached_logits is None:
+            cached_logits = self.teacher(x, training=False)
+        teacher_logits = ops.stop_gradient(kd_ops.as_float32(cached_logits))
         if teacher_logits.shape[-1] != num_classes:
             raise ValueError(
                 f"`teacher` gives {teacher_logits.shape[-1]} classes but `student` gives "

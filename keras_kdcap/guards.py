@@ -142,8 +142,12 @@ class TeacherSnapshot:
         self.distiller = distiller
 
     def __enter__(self) -> TeacherSnapshot:
-        self.teacher_values = [np.array(v) for v in self.distiller.teacher.weights]
-        self.student_values = [np.array(v) for v in self.distiller.student.weights]
+        self.teacher_values = [
+            keras.ops.convert_to_numpy(v) for v in self.distiller.teacher.weights
+        ]
+        self.student_values = [
+            keras.ops.convert_to_numpy(v) for v in self.distiller.student.weights
+        ]
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
