@@ -52,6 +52,8 @@ def sparse_labels(labels, num_classes: int):
         int32 tensor of shape `[B]`.
     """
     labels = ops.convert_to_tensor(labels)
+    if labels.shape is None or getattr(labels.shape, "rank", 0) is None:
+        return _sparse_labels_unknown_rank(labels, num_classes)
     if len(labels.shape) == 2 and labels.shape[-1] == num_classes and num_classes > 1:
         return ops.cast(ops.argmax(labels, axis=-1), "int32")
     if len(labels.shape) == 2 and labels.shape[-1] == 1:
@@ -62,6 +64,22 @@ def sparse_labels(labels, num_classes: int):
             f"got shape {tuple(labels.shape)}."
         )
     return ops.cast(labels, "int32")
+
+
+def _sparse_labels_unknown_rank(labels, num_classes: int):
+    """`sparse_labels` for a tensor of unknown rank.
+
+    Only TensorFlow builds these (a `tf.function` retraced with relaxed
+    shapes, e.g. after labels of another layout), so this uses `tf` directly.
+    """
+    import tensorflow as tf
+
+    one_hot = tf.logical_and(tf.rank(labels) == 2, tf.shape(labels)[-1] == num_classes)
+    one_hot = tf.logical_and(one_hot, num_classes > 1)
+    per_sample = tf.where(one_hot, num_classes, 1)
+    flat = tf.reshape(labels, (tf.size(labels) // per_sample, per_sample))
+    sparse = tf.where(one_hot, tf.argmax(flat, axis=-1, output_type=tf.int32), 0)
+    return tf.where(one_hot, sparse, tf.cast(flat[:, 0], tf.int32))
 
 
 def target_mask(labels, num_classes: int, dtype: str = "float32"):
