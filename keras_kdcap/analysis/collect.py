@@ -88,6 +88,26 @@ def iterate_batches(dataset: Any, batch_size: int = 256) -> Iterator[tuple[Any, 
         yield batch[0], batch[1]
 
 
+def _pad_batch(x: Any, full_size: int | None) -> tuple[Any, int]:
+    """Pads a short last batch to `full_size` rows (repeating its last row).
+
+    One batch shape for the whole pass: no retracing (TensorFlow) or
+    recompilation (JAX) for the remainder. Non-array inputs (dicts) are left
+    as they are.
+
+    Returns:
+        `(x, number of real rows)`.
+    """
+    if isinstance(x, dict):
+        return x, len(next(iter(x.values())))
+    x = to_numpy(x)
+    size = len(x)
+    if full_size is None or size >= full_size:
+        return x, size
+    filler = np.repeat(x[-1:], full_size - size, axis=0)
+    return np.concatenate([x, filler]), size
+
+
 def collect_outputs(model: keras.Model, dataset: Any, batch_size: int = 256) -> Outputs:
     """Logits, penultimate features and labels of a model over a whole dataset.
 
@@ -116,15 +136,18 @@ def collect_outputs(model: keras.Model, dataset: Any, batch_size: int = 256) -> 
     """
     two_outputs = features_and_logits_model(model)
     logits, features, labels = [], [], []
+    full_size = None
     for x, y in iterate_batches(dataset, batch_size):
+        x, size = _pad_batch(x, full_size)
+        full_size = full_size or size
         if two_outputs is not None:
             batch_logits, batch_features = two_outputs.predict_on_batch(x)
-            features.append(to_numpy(batch_features, np.float32))
+            features.append(to_numpy(batch_features, np.float32)[:size])
         else:
             batch_logits = model.predict_on_batch(x)
             if isinstance(batch_logits, dict):
                 batch_logits = batch_logits["logits"]
-        logits.append(to_numpy(batch_logits, np.float32))
+        logits.append(to_numpy(batch_logits, np.float32)[:size])
         labels.append(to_numpy(y))
     if not logits:
         raise ValueError("`dataset` yielded no batches.")

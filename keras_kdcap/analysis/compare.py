@@ -13,7 +13,7 @@ from keras_kdcap.analysis.collect import Outputs, collect_outputs
 from keras_kdcap.analysis.distinctness import non_target_stats, tau_star_stats
 from keras_kdcap.analysis.geometry import feature_geometry
 
-_TAU_KEYS = ("mean", "median", "q10", "q90", "at_min", "at_max")
+_TAU_KEYS = ("mean", "median", "q10", "q90", "at_min", "at_max", "median_correct")
 
 
 def classifier_kernel(model: keras.Model) -> np.ndarray | None:

@@ -162,7 +162,10 @@ def tau_star_stats(
         Dict with `tau_star` (float64 `[N]` array), its `mean`, `median`,
         `q10`, `q90`, `at_min` (fraction at the grid's lower end, where the
         maximiser of misclassified samples runs), `at_max` (fraction at the upper
-        end) and `misclassified` (fraction the teacher gets wrong).
+        end), `misclassified` (fraction the teacher gets wrong), `correct`
+        (bool `[N]`, argmax = label) and `mean_correct` / `median_correct`
+        (over the correctly classified samples, the ones ISATS uses tau* for;
+        NaN if none), plus the search settings.
     """
     logits = check_logits(logits).astype(np.float32)
     labels = labels_to_numpy(labels, logits.shape[-1])
@@ -180,6 +183,7 @@ def tau_star_stats(
         )
         taus.append(to_numpy(tau, np.float64))
     tau = np.concatenate(taus)
+    correct = np.argmax(logits, axis=-1) == labels
     grid = to_numpy(
         kd_ops.temperature_grid(min_temperature, max_temperature, num_candidates), np.float64
     )
@@ -191,7 +195,10 @@ def tau_star_stats(
         "q90": float(np.quantile(tau, 0.9)),
         "at_min": float(np.mean(tau <= grid[0] * (1 + 1e-6))),
         "at_max": float(np.mean(tau >= grid[-1] * (1 - 1e-6))),
-        "misclassified": float(np.mean(np.argmax(logits, axis=-1) != labels)),
+        "misclassified": float(1.0 - np.mean(correct)),
+        "correct": correct,
+        "median_correct": float(np.median(tau[correct])) if correct.any() else float("nan"),
+        "mean_correct": float(np.mean(tau[correct])) if correct.any() else float("nan"),
         "min_temperature": float(min_temperature),
         "max_temperature": float(max_temperature),
         "num_candidates": int(num_candidates),

@@ -61,8 +61,11 @@ def plot_variance_vs_temperature(
     for name in _teacher_order(rows):
         mine = sorted((r for r in rows if r["teacher"] == name), key=lambda r: r["temperature"])
         axes.plot([r["temperature"] for r in mine], [r[metric] for r in mine], "o-", label=name)
+    temperatures = sorted({r["temperature"] for r in rows})
     axes.set_xscale("log")
     axes.set_yscale("log")
+    axes.set_xticks(temperatures, labels=[f"{t:g}" for t in temperatures])
+    axes.minorticks_off()
     axes.set_xlabel("temperature")
     axes.set_ylabel(f"mean non-target {metric}")
     axes.set_title("Non-target distinctness vs temperature")
@@ -142,7 +145,7 @@ def plot_agreement_heatmap(
                 fontsize="x-small",
                 color="white" if matrix[i, j] < 0.6 else "black",
             )
-    axes.set_title(title)
+    axes.set_title(title, fontsize="medium")
     figure.colorbar(image, ax=axes)
     return _save(figure, path)
 
@@ -153,6 +156,7 @@ def plot_tau_histogram(
     min_temperature: float = 0.5,
     max_temperature: float = 20.0,
     bins: int = 32,
+    title: str = "ISATS temperature distribution",
 ) -> str:
     """Histograms of the ISATS temperature tau*(x), one per teacher, log-spaced bins.
 
@@ -162,6 +166,7 @@ def plot_tau_histogram(
         min_temperature: lower end of the bins.
         max_temperature: upper end of the bins.
         bins: number of bins.
+        title: figure title.
 
     Returns:
         The path written.
@@ -180,7 +185,7 @@ def plot_tau_histogram(
     axes.set_xscale("log")
     axes.set_xlabel("tau* (argmax of non-target variance)")
     axes.set_ylabel("samples")
-    axes.set_title("ISATS temperature distribution")
+    axes.set_title(title)
     axes.legend(fontsize="small")
     return _save(figure, path)
 
