@@ -1,0 +1,31 @@
+"""Teacher training with the CRD recipe: SGD, coupled weight decay, step schedule, checkpoints."""
+
+from keras_kdcap.training.schedules import (
+    CRD_MILESTONES,
+    CRDSchedule,
+    crd_schedule,
+    default_lr,
+    milestone_epochs,
+)
+from keras_kdcap.training.teacher import (
+    EpochCheckpoint,
+    LearningRateLogger,
+    build_teacher,
+    checkpoint_name,
+    train_teacher,
+)
+from keras_kdcap.training.weight_decay import apply_weight_decay
+
+__all__ = [
+    "CRD_MILESTONES",
+    "CRDSchedule",
+    "EpochCheckpoint",
+    "LearningRateLogger",
+    "apply_weight_decay",
+    "build_teacher",
+    "checkpoint_name",
+    "crd_schedule",
+    "default_lr",
+    "milestone_epochs",
+    "train_teacher",
+]
