@@ -9,9 +9,13 @@ from keras_kdcap.distiller import Distiller
 from keras_kdcap.losses import RegTLoss, distillation_loss
 from keras_kdcap.policies import (
     ATS,
+    CTKD,
+    DKD,
     FGCR,
     ISATS,
+    SCKD,
     FixedTemperature,
+    LogitStandardization,
     TemperaturePolicy,
     get_policy,
     get_policy_names,
@@ -21,6 +25,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ATS",
+    "CTKD",
+    "DKD",
+    "SCKD",
+    "LogitStandardization",
     "FGCR",
     "ISATS",
     "Distiller",

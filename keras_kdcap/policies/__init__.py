@@ -2,17 +2,25 @@
 
 from keras_kdcap.policies.ats import ATS
 from keras_kdcap.policies.base import TemperaturePolicy
+from keras_kdcap.policies.ctkd import CTKD
+from keras_kdcap.policies.dkd import DKD
 from keras_kdcap.policies.fgcr import FGCR
 from keras_kdcap.policies.fixed import FixedTemperature
 from keras_kdcap.policies.isats import ISATS
+from keras_kdcap.policies.logit_standardization import LogitStandardization
 from keras_kdcap.policies.registry import POLICIES, get_policy, get_policy_names
+from keras_kdcap.policies.sckd import SCKD
 
 __all__ = [
     "ATS",
+    "CTKD",
+    "DKD",
     "FGCR",
     "POLICIES",
     "FixedTemperature",
     "ISATS",
+    "LogitStandardization",
+    "SCKD",
     "TemperaturePolicy",
     "get_policy",
     "get_policy_names",

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from keras_kdcap.policies.ats import ATS
 from keras_kdcap.policies.base import TemperaturePolicy
+from keras_kdcap.policies.ctkd import CTKD
+from keras_kdcap.policies.dkd import DKD
 from keras_kdcap.policies.fgcr import FGCR
 from keras_kdcap.policies.fixed import FixedTemperature
 from keras_kdcap.policies.isats import ISATS
+from keras_kdcap.policies.logit_standardization import LogitStandardization
+from keras_kdcap.policies.sckd import SCKD
 
 #: flag name -> policy class. Add a method here when it gets its own file.
 POLICIES: dict[str, type[TemperaturePolicy]] = {
@@ -14,6 +18,10 @@ POLICIES: dict[str, type[TemperaturePolicy]] = {
     "ats": ATS,
     "isats": ISATS,
     "fgcr": FGCR,
+    "dkd": DKD,
+    "ls": LogitStandardization,
+    "ctkd": CTKD,
+    "sckd": SCKD,
 }
 
 
