@@ -1,0 +1,103 @@
+"""ESKD: distil from an early-stopped teacher (Cho & Hariharan, ICCV 2019).
+
+The recipe: train the teacher with per-epoch checkpoints
+(`teacher_epoch{E:03d}.keras`, written by `keras_kdcap.training`), pick an
+early one with `select_checkpoint`, load it and distil as usual::
+
+    path = select_checkpoint("runs/resnet110", fraction=0.25)
+    teacher = keras.models.load_model(path)
+    distiller = Distiller(teacher, student)
+
+docs/policies/eskd_takd.md discusses which epoch to pick.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from keras_kdcap.validation import check_int_at_least, check_positive
+
+#: the teacher trainer's checkpoint names; the number is the epoch.
+CHECKPOINT_PATTERN = re.compile(r"^teacher_epoch(\d+)\.keras$")
+
+
+def list_checkpoints(checkpoint_dir) -> dict[int, str]:
+    """The teacher checkpoints of a directory, by epoch.
+
+    Args:
+        checkpoint_dir: the directory holding `teacher_epoch{E:03d}.keras` files.
+
+    Returns:
+        `{epoch: path}`, sorted by epoch (other files are ignored).
+
+    Raises:
+        FileNotFoundError: `checkpoint_dir` is not a directory.
+    """
+    checkpoint_dir = os.fspath(checkpoint_dir)
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"`checkpoint_dir` {checkpoint_dir!r} is not a directory.")
+    found = {}
+    for entry in os.listdir(checkpoint_dir):
+        match = CHECKPOINT_PATTERN.match(entry)
+        if match:
+            found[int(match.group(1))] = os.path.join(checkpoint_dir, entry)
+    return dict(sorted(found.items()))
+
+
+def select_checkpoint(
+    checkpoint_dir,
+    epoch: int | None = None,
+    fraction: float | None = None,
+    total_epochs: int | None = None,
+) -> str:
+    """The path of the last teacher checkpoint at or before an epoch.
+
+    Give exactly one of `epoch` or `fraction`. A fraction selects epoch
+    `fraction * total_epochs`, `total_epochs` defaulting to the last
+    checkpoint's epoch (the end of training when every epoch was saved).
+    Epochs are those in the file names.
+
+    Args:
+        checkpoint_dir: the directory holding `teacher_epoch{E:03d}.keras` files.
+        epoch: the epoch to stop at, >= 0.
+        fraction: the fraction of training to stop at, in (0, 1].
+        total_epochs: the length of the teacher's training, for `fraction`.
+
+    Returns:
+        The checkpoint's path.
+
+    Raises:
+        ValueError: both or neither of `epoch` and `fraction`, a bad value, or
+            no checkpoint at or before the requested epoch.
+        FileNotFoundError: no such directory, or no checkpoints in it.
+
+    Example:
+        >>> select_checkpoint("runs/teacher", epoch=60)  # doctest: +SKIP
+        'runs/teacher/teacher_epoch060.keras'
+    """
+    if (epoch is None) == (fraction is None):
+        raise ValueError("Give exactly one of `epoch` or `fraction` to select a checkpoint.")
+    checkpoints = list_checkpoints(checkpoint_dir)
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"No teacher checkpoints (teacher_epochNNN.keras) in {os.fspath(checkpoint_dir)!r}: "
+            "train the teacher with per-epoch checkpoints first."
+        )
+    if epoch is not None:
+        target = float(check_int_at_least("epoch", epoch, 0))
+        argument = f"`epoch` {epoch}"
+    else:
+        fraction = check_positive("fraction", fraction)
+        if fraction > 1:
+            raise ValueError(f"`fraction` must lie in (0, 1]; got {fraction}.")
+        total = max(checkpoints) if total_epochs is None else total_epochs
+        total = check_int_at_least("total_epochs", total, 1)
+        target = fraction * total
+        argument = f"`fraction` {fraction} (epoch {target:g} of {total})"
+    eligible = [e for e in checkpoints if e <= target + 1e-9]
+    if not eligible:
+        raise ValueError(
+            f"No checkpoint at or before {argument}: the first one is epoch {min(checkpoints)}."
+        )
+    return checkpoints[max(eligible)]
