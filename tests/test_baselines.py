@@ -508,20 +508,25 @@ def test_registry_and_exports():
 # ESKD and TAKD
 # --------------------------------------------------------------------------
 def test_eskd_select_checkpoint(tmp_path):
-    for epoch in (10, 20, 30, 240):
+    for epoch in (10, 20, 30, 120):
         (tmp_path / f"teacher_epoch{epoch:03d}.keras").write_bytes(b"")
-    (tmp_path / "teacher_final.keras").write_bytes(b"")  # ignored
+    (tmp_path / "teacher.keras").write_bytes(b"")  # the final model: ignored
     pick = eskd.select_checkpoint
     assert pick(tmp_path, epoch=25) == str(tmp_path / "teacher_epoch020.keras")
     assert pick(tmp_path, epoch=30) == str(tmp_path / "teacher_epoch030.keras")
-    assert pick(tmp_path, epoch=1000) == str(tmp_path / "teacher_epoch240.keras")
-    # a fraction of the last saved epoch (240), or of `total_epochs`
-    assert pick(tmp_path, fraction=0.125) == str(tmp_path / "teacher_epoch030.keras")
-    assert pick(tmp_path, fraction=0.1) == str(tmp_path / "teacher_epoch020.keras")
+    assert pick(tmp_path, epoch=1000) == str(tmp_path / "teacher_epoch120.keras")
     assert pick(tmp_path, fraction=0.25, total_epochs=100) == str(
         tmp_path / "teacher_epoch020.keras"
     )
-    assert sorted(eskd.list_checkpoints(tmp_path)) == [10, 20, 30, 240]
+    with pytest.raises(ValueError, match="`total_epochs`"):
+        pick(tmp_path, fraction=0.5)  # no history.csv to read the length from
+    # the teacher trainer's CSVLogger: one row per epoch, 0-based "epoch" column
+    rows = "".join(f"{e},0.5,1.0\n" for e in range(240))
+    (tmp_path / "history.csv").write_text("epoch,accuracy,loss\n" + rows)
+    assert pick(tmp_path, fraction=0.125) == str(tmp_path / "teacher_epoch030.keras")
+    assert pick(tmp_path, fraction=0.1) == str(tmp_path / "teacher_epoch020.keras")
+    assert pick(tmp_path, fraction=1.0) == str(tmp_path / "teacher_epoch120.keras")
+    assert sorted(eskd.list_checkpoints(tmp_path)) == [10, 20, 30, 120]
     with pytest.raises(ValueError, match="`epoch`"):
         pick(tmp_path, epoch=5)
     with pytest.raises(ValueError, match="`epoch` or `fraction`"):
@@ -538,6 +543,13 @@ def test_eskd_select_checkpoint(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="teacher_epoch"):
         pick(empty, epoch=10)
+
+
+def test_eskd_reads_the_teacher_trainers_names():
+    from keras_kdcap.training.teacher import HISTORY_NAME, checkpoint_name
+
+    assert int(eskd.CHECKPOINT_PATTERN.match(checkpoint_name(7)).group(1)) == 7
+    assert eskd.HISTORY_NAME == HISTORY_NAME
 
 
 def test_takd_chain_on_tiny_mlps(rng):
