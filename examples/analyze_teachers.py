@@ -549,5 +549,7 @@ def _cli(_argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.FLAGS.append_flag_values(FLAGS)  # so that --help lists them
+    flags.FLAGS.append_flag_values(FLAGS)
+    for flag_name in FLAGS:
+        flags.declare_key_flag(flag_name)  # so that --help lists them
     app.run(_cli)
