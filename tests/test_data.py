@@ -19,10 +19,8 @@ from keras_kdcap import data as kdata  # noqa: E402
 from keras_kdcap.data import tfds_sources  # noqa: E402
 
 CIFAR_DIR = Path(
-    os.environ.get(
-        "KDCAP_CIFAR100_DIR",
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100",
-    )
+    os.environ.get("KDCAP_CIFAR100_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100"
 )
 MEAN = np.array(kdata.CIFAR100_MEAN, np.float64)
 STD = np.array(kdata.CIFAR100_STD, np.float64)

@@ -12,10 +12,8 @@ import pytest
 from keras_kdcap import training
 
 CIFAR_DIR = Path(
-    os.environ.get(
-        "KDCAP_CIFAR100_DIR",
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100",
-    )
+    os.environ.get("KDCAP_CIFAR100_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100"
 )
 
 
