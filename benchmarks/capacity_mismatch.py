@@ -1,0 +1,1093 @@
+"""Student accuracy under teacher-student capacity mismatch, per method (the paper's main table).
+
+A scaled version of the paper's CIFAR-100 experiment on the real data copy:
+a small and a large teacher (the large one more accurate), a student distilled
+from each with every method, several seeds, and a table of test accuracy.
+
+Protocol:
+1. Data: `--per_class` training images per class; a validation split of
+   `--val_per_class` further *training* images per class (never the test
+   split) for `--tune`; the test split (`--test_per_class`, 0 = all).
+2. Teachers (cached under `--cache_dir`, keyed by their settings):
+   `--small_teacher`, `--large_teacher`, and `--large_teacher` trained with
+   the RegT loss (for `regt_kd`). Trained with `keras_kdcap.training`
+   (SGD 0.9, PyTorch-style weight decay `--teacher_weight_decay`, CRD step
+   schedule). Reported per teacher: params, train/val/test accuracy, mean
+   non-target variance at T=4 and the fraction of training targets whose
+   label is ranked first.
+3. Students (`--student`), per seed, plain Keras `fit` (one call per epoch),
+   SGD 0.9, weight decay `--weight_decay`, CRD step schedule:
+   `ce` (no teacher), `kd` (T=4, alpha 0.1, beta 0.9), `ats` (official:
+   tau1 4, tau2 2, student T 1, alpha = beta = 0.5, no s^2), `fgcr`
+   (class-mean relations from the training set, w 0.5, T 4), `isats`
+   (the paper's method, settings from flags or `--tune`) for the small and
+   the large teacher, and `regt_kd` (KD from the RegT-trained large teacher).
+   Teacher logits of every augmented epoch are computed once per
+   (teacher, seed) and reused by all methods (`--teacher_logits`).
+4. `--tune`: a small grid of ISATS settings (target_ratio x fallback x
+   search grid), distilled from the large teacher, scored by validation
+   accuracy; the choice is recorded and used for the main runs.
+
+    python benchmarks/capacity_mismatch.py --smoke            # ~2 minutes on a CPU
+    python benchmarks/capacity_mismatch.py                    # CPU scale, ~90 minutes
+    python benchmarks/capacity_mismatch.py --tune --tag=cpu   # tune ISATS first
+
+Writes `benchmarks/results/capacity_mismatch_<tag>.json` and prints markdown
+tables. Runs on every Keras backend (KERAS_BACKEND); data pipelines use tf.data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+from keras_kdcap import ATS, FGCR, ISATS, Distiller, FixedTemperature  # noqa: E402
+from keras_kdcap.analysis import non_target_stats  # noqa: E402
+from keras_kdcap.data import (  # noqa: E402
+    cifar100_datasets_from_arrays,
+    load_cifar100_arrays,
+    stratified_indices,
+)
+from keras_kdcap.models import count_params  # noqa: E402
+from keras_kdcap.ops import label_ranked_first  # noqa: E402
+from keras_kdcap.training import (  # noqa: E402
+    build_teacher,
+    crd_schedule,
+    train_teacher,
+)
+
+NUM_CLASSES = 100
+DEFAULT_DATA_DIR = os.environ.get("KDCAP_CIFAR100_DIR") or str(
+    _common.REPO.parent / "shared" / "data" / "cifar100"
+)
+DEFAULT_CACHE_DIR = str(_common.REPO / "runs" / "capacity_mismatch")
+METHODS = ("ce", "kd", "ats", "fgcr", "isats", "regt_kd")
+#: methods distilled from both the small and the large teacher.
+TEACHER_METHODS = ("kd", "ats", "fgcr", "isats")
+#: settings `--smoke` imposes (a couple of minutes on a CPU).
+SMOKE = {
+    "student": "resnet8",
+    "small_teacher": "resnet8",
+    "large_teacher": "resnet14",
+    "per_class": 4,
+    "val_per_class": 2,
+    "test_per_class": 4,
+    "teacher_epochs": 2,
+    "epochs": 2,
+    "batch_size": 50,
+    "seeds": [0],
+    "eval_every": 1,
+    "tune_target_ratios": [1.5, 2.0],
+    "tune_fallbacks": [4.0],
+    "tune_grids": ["0.5:20:32"],
+}
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    "data_dir", DEFAULT_DATA_DIR, "Folder with train.npz/test.npz.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "cache_dir", DEFAULT_CACHE_DIR, "Where trained teachers are cached.", flag_values=FLAGS
+)
+flags.DEFINE_string("tag", None, "Result name: capacity_mismatch_<tag>.json.", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "JSON path (overrides --tag).", flag_values=FLAGS)
+flags.DEFINE_string("student", "resnet8", "Student zoo model.", flag_values=FLAGS)
+flags.DEFINE_string("small_teacher", "resnet14", "Small teacher zoo model.", flag_values=FLAGS)
+flags.DEFINE_string("large_teacher", "resnet56", "Large teacher zoo model.", flag_values=FLAGS)
+flags.DEFINE_integer("per_class", 20, "Training images per class (500 = all).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "val_per_class", 10, "Validation images per class, from the training split.", flag_values=FLAGS
+)
+flags.DEFINE_integer("test_per_class", 0, "Test images per class (0 = all 100).", flag_values=FLAGS)
+flags.DEFINE_integer("teacher_epochs", 100, "Teacher training epochs.", flag_values=FLAGS)
+flags.DEFINE_float("teacher_lr", 0.05, "Teacher initial learning rate.", flag_values=FLAGS)
+flags.DEFINE_float(
+    "teacher_weight_decay",
+    5e-5,
+    "Teacher PyTorch-style weight decay (weak: over-confident teachers).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool("teacher_augment", True, "Crop and flip for teachers.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "teacher_dtype_policy",
+    "auto",
+    "Keras dtype policy of teacher training and inference; auto: mixed_bfloat16 on a "
+    "TensorFlow CPU (2.5x faster there), float32 otherwise.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float("regt_gamma", 0.1, "RegT teacher: gamma.", flag_values=FLAGS)
+flags.DEFINE_float("regt_temperature", 4.0, "RegT teacher: tau_r.", flag_values=FLAGS)
+flags.DEFINE_integer("epochs", 40, "Student epochs.", flag_values=FLAGS)
+flags.DEFINE_float("lr", 0.05, "Student initial learning rate.", flag_values=FLAGS)
+flags.DEFINE_float("weight_decay", 5e-4, "Student PyTorch-style weight decay.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 64, "Batch size (teachers and students).", flag_values=FLAGS)
+flags.DEFINE_string("seeds", "0,1", "Comma list of student seeds.", flag_values=FLAGS)
+flags.DEFINE_integer("teacher_seed", 0, "Seed of the teachers.", flag_values=FLAGS)
+flags.DEFINE_string("methods", ",".join(METHODS), "Comma list of methods.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "eval_every", 5, "Evaluate students every N epochs (and at the last).", flag_values=FLAGS
+)
+flags.DEFINE_float("temperature", 4.0, "KD/FGCR temperature and the analysis T.", flag_values=FLAGS)
+flags.DEFINE_float("fgcr_weight", 0.5, "FGCR: weight w of the class relations.", flag_values=FLAGS)
+flags.DEFINE_float("isats_target_ratio", 2.0, "ISATS: tau1 = ratio * tau*.", flag_values=FLAGS)
+flags.DEFINE_float("isats_fallback", 4.0, "ISATS: misclassified samples' T.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "isats_grid", "0.5:20:32", "ISATS search grid min:max:candidates.", flag_values=FLAGS
+)
+flags.DEFINE_bool("tune", False, "Tune ISATS on the validation split first.", flag_values=FLAGS)
+flags.DEFINE_bool("tune_only", False, "Stop after tuning.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "tune_target_ratios", "1.5,2,3", "Tuning grid: target_ratio.", flag_values=FLAGS
+)
+flags.DEFINE_string("tune_fallbacks", "2,4", "Tuning grid: fallback T.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "tune_grids", "0.5:20:32,1:10:16", "Tuning grid: search grids min:max:K.", flag_values=FLAGS
+)
+flags.DEFINE_string("tune_seeds", "0", "Seeds of the tuning runs.", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "teacher_logits",
+    "auto",
+    ["auto", "cached", "online"],
+    "cached: compute each augmented epoch's teacher logits once per (teacher, seed) and "
+    "reuse them for every method; online: the Distiller runs the teacher each step; "
+    "auto: cached when the cache fits --logits_cache_mb.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("logits_cache_mb", 2048, "Memory bound of cached logits.", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "jit_compile",
+    "auto",
+    ["auto", "true", "false"],
+    "jit_compile of the student steps (auto: Keras's choice, XLA off on a CPU-only TensorFlow).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "smoke",
+    False,
+    "Tiny run (resnet14/resnet8 -> resnet8, 4 images/class, 2 epochs, 1 seed; output tag "
+    "smoke_<backend>, cache under <cache_dir>/smoke).",
+    flag_values=FLAGS,
+)
+
+
+# ------------------------------------------------------------------------- data
+class Data:
+    """The train / validation / test arrays and the pipelines built on them.
+
+    Args:
+        data_dir: the CIFAR-100 npz folder.
+        per_class: training images per class.
+        val_per_class: validation images per class (the next ones of each class
+            of the training split, disjoint from the training subset).
+        test_per_class: test images per class (0: all).
+        batch_size: batch size.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        per_class: int,
+        val_per_class: int,
+        test_per_class: int,
+        batch_size: int,
+    ):
+        (x_train, y_train), (x_test, y_test) = load_cifar100_arrays(data_dir)
+        train_idx = stratified_indices(y_train, per_class)
+        if val_per_class > 0:
+            both = stratified_indices(y_train, per_class + val_per_class)
+            val_idx = np.setdiff1d(both, train_idx)
+        else:
+            val_idx = np.array([], dtype=np.int64)
+        self.train = (x_train[train_idx], y_train[train_idx])
+        self.val = (x_train[val_idx], y_train[val_idx])
+        if test_per_class > 0:
+            keep = stratified_indices(y_test, test_per_class)
+            x_test, y_test = x_test[keep], y_test[keep]
+        self.test = (x_test, y_test)
+        self.batch_size = batch_size
+        if len(self.train[1]) < batch_size:
+            raise ValueError(
+                f"--batch_size={batch_size} exceeds the {len(self.train[1])} training images."
+            )
+        self.steps_per_epoch = len(self.train[1]) // batch_size
+
+    def sizes(self) -> dict[str, int]:
+        """Numbers of images per split."""
+        return {k: len(getattr(self, k)[1]) for k in ("train", "val", "test")}
+
+    def train_epoch(self, seed: int, epoch: int, augment: bool = True) -> Any:
+        """One epoch of shuffled, augmented training batches, replayable from `(seed, epoch)`.
+
+        Args:
+            seed: shuffle and augmentation seed.
+            epoch: the epoch.
+            augment: crop and flip.
+
+        Returns:
+            A tf.data dataset of `(image, label)`, whole batches only.
+        """
+        train_ds, _ = cifar100_datasets_from_arrays(
+            self.train,
+            self.test,
+            batch_size=self.batch_size,
+            seed=seed,
+            augment=augment,
+            drop_remainder=True,
+            epoch=epoch,
+        )
+        return train_ds
+
+    def train_epochs(self, seed: int, augment: bool = True) -> Any:
+        """The epoch-aware training dataset (for teachers; see `keras_kdcap.data.EpochSync`)."""
+        train_ds, _ = cifar100_datasets_from_arrays(
+            self.train,
+            self.test,
+            batch_size=self.batch_size,
+            seed=seed,
+            augment=augment,
+            drop_remainder=True,
+        )
+        return train_ds
+
+    def eval(self, split: str) -> Any:
+        """Batches of a split in order, normalised, not augmented.
+
+        Args:
+            split: `train`, `val` or `test`.
+
+        Returns:
+            A tf.data dataset of `(image, label)`.
+        """
+        arrays = getattr(self, split)
+        _, ds = cifar100_datasets_from_arrays(
+            self.train, arrays, batch_size=self.batch_size, eval_batch_size=256
+        )
+        return ds
+
+
+def accuracy(model: keras.Model, data: Data, split: str) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy of a logits model on a split, and its logits.
+
+    Args:
+        model: gives `[B, C]` logits.
+        data: the data.
+        split: `train`, `val` or `test`.
+
+    Returns:
+        `(accuracy, float32 logits [N, C])`; accuracy is NaN on an empty split.
+    """
+    labels = getattr(data, split)[1]
+    if len(labels) == 0:
+        return float("nan"), np.zeros((0, NUM_CLASSES), np.float32)
+    logits = np.asarray(model.predict(data.eval(split), verbose=0), np.float32)
+    return float(np.mean(np.argmax(logits, -1) == labels)), logits
+
+
+# --------------------------------------------------------------------- teachers
+class DtypePolicyScope:
+    """Sets the global Keras dtype policy inside a `with` block.
+
+    Args:
+        name: a dtype policy name, e.g. `mixed_bfloat16`.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> None:
+        self.previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.name)
+
+    def __exit__(self, *exc: Any) -> None:
+        keras.config.set_dtype_policy(self.previous)
+
+
+def resolve_teacher_dtype(choice: str) -> str:
+    """`auto` -> mixed_bfloat16 on a TensorFlow CPU, float32 elsewhere.
+
+    Args:
+        choice: the flag value.
+
+    Returns:
+        A dtype policy name.
+    """
+    if choice != "auto":
+        return choice
+    on_cpu = not _common.accelerators()
+    return "mixed_bfloat16" if keras.backend.backend() == "tensorflow" and on_cpu else "float32"
+
+
+def teacher_key(role: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings a trained teacher depends on (its cache key).
+
+    Args:
+        role: `small`, `large` or `large_regt`.
+        cfg: the configuration.
+
+    Returns:
+        A JSON-ready dict.
+    """
+    model = cfg["small_teacher"] if role == "small" else cfg["large_teacher"]
+    key = {
+        "model": model,
+        "per_class": cfg["per_class"],
+        "epochs": cfg["teacher_epochs"],
+        "lr": cfg["teacher_lr"],
+        "weight_decay": cfg["teacher_weight_decay"],
+        "augment": cfg["teacher_augment"],
+        "batch_size": cfg["batch_size"],
+        "seed": cfg["teacher_seed"],
+        "dtype_policy": cfg["teacher_dtype_policy"],
+        "loss": "ce",
+    }
+    if role == "large_regt":
+        key.update(
+            loss="regt", regt_gamma=cfg["regt_gamma"], regt_temperature=cfg["regt_temperature"]
+        )
+    return key
+
+
+def get_teacher(role: str, data: Data, cfg: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
+    """Loads a cached teacher or trains and caches it.
+
+    Args:
+        role: `small`, `large` or `large_regt`.
+        data: the data.
+        cfg: the configuration.
+
+    Returns:
+        `(model, info)` with the training time, whether it was cached, and
+        the last epoch's training metrics.
+    """
+    key = teacher_key(role, cfg)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    folder = Path(cfg["cache_dir"]) / "teachers" / f"{key['model']}-{key['loss']}-{digest}"
+    meta = folder / "meta.json"
+    if (folder / "teacher.keras").is_file() and meta.is_file():
+        info = json.loads(meta.read_text())
+        if info.get("key") == key:
+            print(f"[teacher {role}] cached: {folder}", flush=True)
+            model = keras.saving.load_model(folder / "teacher.keras", compile=False)
+            return model, {**info["training"], "cached": True, "path": str(folder)}
+    print(
+        f"[teacher {role}] training {key['model']} for {key['epochs']} epochs on "
+        f"{data.sizes()['train']} images ({key['loss']})",
+        flush=True,
+    )
+    seed = cfg["teacher_seed"] * 1000 + {"small": 1, "large": 2, "large_regt": 3}[role]
+    keras.utils.set_random_seed(seed)
+    start = time.perf_counter()
+    with DtypePolicyScope(key["dtype_policy"]):
+        model = build_teacher(key["model"], NUM_CLASSES, weight_decay=key["weight_decay"])
+        regt = None
+        if key["loss"] == "regt":
+            regt = {"gamma": key["regt_gamma"], "temperature": key["regt_temperature"]}
+        model, history = train_teacher(
+            model,
+            data.train_epochs(seed, augment=key["augment"]),
+            key["epochs"],
+            lr=key["lr"],
+            weight_decay=key["weight_decay"],
+            regt=regt,
+            checkpoint_dir=folder,
+            verbose=cfg["verbose"],
+        )
+    training = {
+        "train_seconds": time.perf_counter() - start,
+        "final_loss": float(history["loss"][-1]),
+        "final_augmented_train_accuracy": float(history["accuracy"][-1]),
+    }
+    meta.write_text(json.dumps({"key": key, "training": training}, indent=2))
+    return model, {**training, "cached": False, "path": str(folder)}
+
+
+def teacher_report(model: keras.Model, data: Data, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Accuracies, params and the dark-knowledge statistics of one teacher.
+
+    Args:
+        model: the teacher.
+        data: the data.
+        cfg: the configuration.
+
+    Returns:
+        `{"params", "train_accuracy", "val_accuracy", "test_accuracy",
+        "non_target_variance_T", "non_target_std_T", "target_first"}`
+        (statistics on the clean training images).
+    """
+    train_acc, train_logits = accuracy(model, data, "train")
+    val_acc, _ = accuracy(model, data, "val")
+    test_acc, test_logits = accuracy(model, data, "test")
+    labels = data.train[1]
+    stats = non_target_stats(train_logits, labels, cfg["temperature"])
+    test_stats = non_target_stats(test_logits, data.test[1], cfg["temperature"])
+    first = np.asarray(
+        keras.ops.convert_to_numpy(label_ranked_first(train_logits, labels.astype("int32")))
+    )
+    return {
+        "params": count_params(model),
+        "train_accuracy": train_acc,
+        "val_accuracy": val_acc,
+        "test_accuracy": test_acc,
+        "non_target_variance_T": stats["variance"],
+        "non_target_std_T": stats["std"],
+        "test_non_target_variance_T": test_stats["variance"],
+        "target_probability_T": stats["target_probability"],
+        "target_first": float(first.mean()),
+        "temperature": cfg["temperature"],
+    }
+
+
+# --------------------------------------------------------------------- students
+def parse_grid(text: str) -> dict[str, Any]:
+    """`"0.5:20:32"` -> ISATS search arguments.
+
+    Args:
+        text: `min:max:candidates`.
+
+    Returns:
+        `{"min_temperature", "max_temperature", "num_candidates"}`.
+    """
+    try:
+        low, high, count = text.split(":")
+        return {
+            "min_temperature": float(low),
+            "max_temperature": float(high),
+            "num_candidates": int(count),
+        }
+    except ValueError:
+        raise app.UsageError(f"ISATS grid {text!r} is not min:max:candidates.") from None
+
+
+def method_setup(method: str, cfg: dict[str, Any], isats: dict[str, Any]) -> dict[str, Any]:
+    """Policy and loss weights of a distillation method.
+
+    Args:
+        method: one of `METHODS` except `ce`.
+        cfg: the configuration.
+        isats: ISATS settings (`target_ratio`, `fallback`, `grid`).
+
+    Returns:
+        `{"policy", "alpha", "beta", "temperature_scaling", "description"}`.
+    """
+    t = cfg["temperature"]
+    if method in ("kd", "regt_kd"):
+        return {
+            "policy": FixedTemperature(t),
+            "alpha": 0.1,
+            "beta": 0.9,
+            "temperature_scaling": True,
+            "description": f"T={t}, alpha 0.1, beta 0.9",
+        }
+    if method == "ats":
+        return {
+            "policy": ATS(4.0, 2.0, 1.0),
+            "alpha": 0.5,
+            "beta": 0.5,
+            "temperature_scaling": False,
+            "description": "tau1 4, tau2 2, student T 1, alpha=beta=0.5, no s^2 (official)",
+        }
+    if method == "fgcr":
+        return {
+            "policy": FGCR(weight=cfg["fgcr_weight"], temperature=t),
+            "alpha": 0.1,
+            "beta": 0.9,
+            "temperature_scaling": True,
+            "description": f"w {cfg['fgcr_weight']}, T={t}, class-mean relations",
+        }
+    if method == "isats":
+        policy = ISATS(
+            target_ratio=isats["target_ratio"],
+            fallback_temperature=isats["fallback"],
+            **parse_grid(isats["grid"]),
+        )
+        return {
+            "policy": policy,
+            "alpha": 0.1,
+            "beta": 0.9,
+            "temperature_scaling": True,
+            "description": f"ratio {isats['target_ratio']}, fallback {isats['fallback']}, "
+            f"grid {isats['grid']}, student T = tau*, alpha 0.1, beta 0.9",
+        }
+    raise ValueError(f"unknown method {method!r}")
+
+
+class TeacherLogits:
+    """Teacher logits of every augmented training epoch of one seed, computed once.
+
+    Args:
+        teacher: the teacher.
+        data: the data.
+        seed: the data seed of the student runs.
+        epochs: number of epochs.
+    """
+
+    def __init__(self, teacher: keras.Model, data: Data, seed: int, epochs: int):
+        start = time.perf_counter()
+        self.logits = [
+            np.asarray(teacher.predict(data.train_epoch(seed, e), verbose=0), np.float32)
+            for e in range(epochs)
+        ]
+        self.seconds = time.perf_counter() - start
+
+    def dataset(self, data: Data, seed: int, epoch: int) -> Any:
+        """The epoch's batches as `({"inputs": x, "teacher_logits": f}, y)`.
+
+        Args:
+            data: the data.
+            seed: the data seed (the same as at construction).
+            epoch: the epoch.
+
+        Returns:
+            A tf.data dataset.
+        """
+        import tensorflow as tf
+
+        images = data.train_epoch(seed, epoch)
+        logits = tf.data.Dataset.from_tensor_slices(self.logits[epoch]).batch(data.batch_size)
+        return tf.data.Dataset.zip((images, logits)).map(
+            lambda xy, f: ({"inputs": xy[0], "teacher_logits": f}, xy[1])
+        )
+
+
+def cache_fits(data: Data, cfg: dict[str, Any]) -> bool:
+    """Whether `--teacher_logits` resolves to the cache."""
+    if cfg["teacher_logits"] != "auto":
+        return cfg["teacher_logits"] == "cached"
+    size = data.steps_per_epoch * data.batch_size * cfg["epochs"] * NUM_CLASSES * 4
+    return size <= cfg["logits_cache_mb"] * 2**20
+
+
+def train_student(
+    method: str,
+    teacher: keras.Model | None,
+    cached: TeacherLogits | None,
+    data: Data,
+    seed: int,
+    cfg: dict[str, Any],
+    isats: dict[str, Any],
+    eval_splits: Sequence[str] = ("val", "test"),
+) -> dict[str, Any]:
+    """Trains one student and evaluates it along the way.
+
+    Args:
+        method: one of `METHODS`.
+        teacher: the teacher (None for `ce`).
+        cached: the teacher's cached logits for this seed, or None (online).
+        data: the data.
+        seed: initialisation and data seed.
+        cfg: the configuration.
+        isats: ISATS settings.
+        eval_splits: splits evaluated at each evaluation epoch.
+
+    Returns:
+        The run record: accuracies per evaluated epoch, last/best, the
+        Distiller's last-epoch metrics (`target_first`, ...) and the time.
+    """
+    start = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    student = build_teacher(cfg["student"], NUM_CLASSES, weight_decay=cfg["weight_decay"])
+    schedule = crd_schedule(cfg["lr"], cfg["epochs"], data.steps_per_epoch)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+    record: dict[str, Any] = {"method": method, "seed": seed}
+    if method == "ce":
+        model = student
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=cfg["jit_compile"],
+        )
+        record["description"] = "cross-entropy only, no teacher"
+    else:
+        setup = method_setup(method, cfg, isats)
+        policy = setup.pop("policy")
+        if isinstance(policy, FGCR):
+            policy.adapt(teacher, data.eval("train"))
+        model = Distiller(teacher, student)
+        model.compile(
+            optimizer=optimizer,
+            policy=policy,
+            alpha=setup["alpha"],
+            beta=setup["beta"],
+            temperature_scaling=setup["temperature_scaling"],
+            jit_compile=cfg["jit_compile"],
+        )
+        record["description"] = setup["description"]
+    eval_epochs = {e for e in range(1, cfg["epochs"] + 1) if e % cfg["eval_every"] == 0} | {
+        cfg["epochs"]
+    }
+    curves: dict[str, list[float]] = {split: [] for split in eval_splits}
+    record["eval_epochs"] = sorted(eval_epochs)
+    last_logs: dict[str, float] = {}
+    for epoch in range(cfg["epochs"]):
+        if cached is not None and method != "ce":
+            ds = cached.dataset(data, seed, epoch)
+        else:
+            ds = data.train_epoch(seed, epoch)
+        history = model.fit(ds, initial_epoch=epoch, epochs=epoch + 1, verbose=cfg["verbose"])
+        last_logs = {k: float(v[-1]) for k, v in history.history.items()}
+        if epoch + 1 in eval_epochs:
+            for split in eval_splits:
+                curves[split].append(accuracy(student, data, split)[0])
+    record["accuracy"] = curves
+    for split in eval_splits:
+        values = curves[split]
+        record[f"{split}_last"] = values[-1]
+        record[f"{split}_best"] = max(values)
+    if "val" in eval_splits and "test" in eval_splits:
+        best_val = int(np.argmax(curves["val"]))
+        record["test_at_best_val"] = curves["test"][best_val]
+    record["last_epoch_metrics"] = last_logs
+    record["seconds"] = time.perf_counter() - start
+    record["teacher_logits"] = (
+        "cached"
+        if cached is not None and method != "ce"
+        else ("online" if method != "ce" else None)
+    )
+    return record
+
+
+# ------------------------------------------------------------------------- runs
+def run_tuning(data: Data, teachers: dict[str, keras.Model], cfg: dict[str, Any]) -> dict[str, Any]:
+    """ISATS from the large teacher over a small grid, scored on the validation split.
+
+    Args:
+        data: the data (its validation split must not be empty).
+        teachers: role -> teacher.
+        cfg: the configuration.
+
+    Returns:
+        `{"grid": [...records], "choice": {...}, "criterion"}`.
+    """
+    if data.sizes()["val"] == 0:
+        raise app.UsageError("--tune needs a validation split: set --val_per_class > 0.")
+    teacher = teachers["large"]
+    trials = []
+    for seed in cfg["tune_seeds"]:
+        cached = (
+            TeacherLogits(teacher, data, seed, cfg["epochs"]) if cache_fits(data, cfg) else None
+        )
+        for ratio, fallback, grid in itertools.product(
+            cfg["tune_target_ratios"], cfg["tune_fallbacks"], cfg["tune_grids"]
+        ):
+            settings = {"target_ratio": ratio, "fallback": fallback, "grid": grid}
+            print(f"[tune] seed {seed} ISATS {settings}", flush=True)
+            run = train_student("isats", teacher, cached, data, seed, cfg, settings, ("val",))
+            trials.append(
+                {
+                    **settings,
+                    "seed": seed,
+                    "val_last": run["val_last"],
+                    "val_best": run["val_best"],
+                    "seconds": run["seconds"],
+                    "last_epoch_metrics": run["last_epoch_metrics"],
+                }
+            )
+    scores: dict[tuple, list[float]] = {}
+    for trial in trials:
+        scores.setdefault((trial["target_ratio"], trial["fallback"], trial["grid"]), []).append(
+            trial["val_last"]
+        )
+    best = max(scores, key=lambda k: (statistics.mean(scores[k]), -k[0]))
+    choice = {
+        "target_ratio": best[0],
+        "fallback": best[1],
+        "grid": best[2],
+        "val_last_mean": statistics.mean(scores[best]),
+    }
+    print(f"[tune] choice {choice}", flush=True)
+    return {
+        "criterion": "mean last-epoch validation accuracy (ties: smaller ratio)",
+        "teacher": "large",
+        "trials": trials,
+        "choice": choice,
+    }
+
+
+def plan(cfg: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """The `(method, teacher role)` runs of one seed, in order.
+
+    Args:
+        cfg: the configuration.
+
+    Returns:
+        A list of pairs (role None for `ce`).
+    """
+    runs: list[tuple[str, str | None]] = []
+    if "ce" in cfg["methods"]:
+        runs.append(("ce", None))
+    for role in ("small", "large"):
+        runs += [(m, role) for m in TEACHER_METHODS if m in cfg["methods"]]
+    if "regt_kd" in cfg["methods"]:
+        runs.append(("regt_kd", "large_regt"))
+    return runs
+
+
+def summarize_runs(runs: list[dict[str, Any]], teachers: dict[str, dict]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds per (teacher, method).
+
+    Args:
+        runs: the run records.
+        teachers: role -> teacher report (for the model names).
+
+    Returns:
+        One row per (teacher, method), in run order.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["teacher"], run["method"]), []).append(run)
+    rows = []
+    for (role, method), items in groups.items():
+        row = {
+            "teacher": role,
+            "teacher_model": teachers[role]["model"] if role else None,
+            "method": method,
+            "seeds": [r["seed"] for r in items],
+        }
+        for key in ("test_last", "test_best", "test_at_best_val", "val_last"):
+            values = [r[key] for r in items if r.get(key) is not None and not math.isnan(r[key])]
+            row[f"{key}_mean"] = statistics.mean(values) if values else None
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        first = [r["last_epoch_metrics"].get("target_first") for r in items]
+        first = [f for f in first if f is not None]
+        row["target_first"] = statistics.mean(first) if first else None
+        rows.append(row)
+    return rows
+
+
+def _pct(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
+
+
+def tables(results: dict[str, Any]) -> str:
+    """Markdown tables: teachers, then student accuracy per teacher and method.
+
+    Args:
+        results: the JSON record.
+
+    Returns:
+        The markdown text.
+    """
+    env, cfg = results["environment"], results["config"]
+    parts = [
+        f"Backend {env['backend']}, device {env['device']}; student {cfg['student']}, "
+        f"{results['data']['train']} train / {results['data']['val']} val / "
+        f"{results['data']['test']} test images, {cfg['epochs']} student epochs, "
+        f"seeds {cfg['seeds']}.",
+        "",
+    ]
+    rows = []
+    for role, t in results["teachers"].items():
+        rows.append(
+            [
+                role,
+                t["model"],
+                f"{t['params']:,}",
+                f"{100 * t['train_accuracy']:.2f}",
+                f"{100 * t['test_accuracy']:.2f}",
+                f"{t['non_target_variance_T']:.3e}",
+                f"{100 * t['target_first']:.2f}",
+            ]
+        )
+    parts.append(
+        _common.markdown_table(
+            [
+                "teacher",
+                "model",
+                "params",
+                "train acc %",
+                "test acc %",
+                f"non-target var (T={cfg['temperature']:g})",
+                "target first %",
+            ],
+            rows,
+        )
+    )
+    if results.get("mismatch_check"):
+        parts.append("")
+        parts.append(results["mismatch_check"]["message"])
+    if results.get("tuning"):
+        parts.append("")
+        parts.append(f"ISATS tuning choice: {results['tuning']['choice']}")
+    rows = []
+    for r in results["table"]:
+        teacher = "-" if r["teacher"] is None else f"{r['teacher']} ({r['teacher_model']})"
+        first = "-" if r["target_first"] is None else f"{100 * r['target_first']:.1f}"
+        rows.append(
+            [
+                teacher,
+                r["method"],
+                len(r["seeds"]),
+                _pct(r["test_last_mean"], r["test_last_std"]),
+                _pct(r["test_best_mean"], r["test_best_std"]),
+                _pct(r["test_at_best_val_mean"], r["test_at_best_val_std"]),
+                first,
+            ]
+        )
+    parts.append("")
+    parts.append(
+        _common.markdown_table(
+            [
+                "teacher",
+                "method",
+                "seeds",
+                "test acc % last",
+                "test acc % best",
+                "test at best val",
+                "target first % (last epoch)",
+            ],
+            rows,
+        )
+    )
+    return "\n".join(parts)
+
+
+def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Runs the protocol and writes the JSON.
+
+    Args:
+        cfg: the configuration (`config_from_flags`).
+
+    Returns:
+        The results (also written to `cfg["output"]`).
+    """
+    start = time.perf_counter()
+    environment = _common.environment()
+    cfg["teacher_dtype_policy"] = resolve_teacher_dtype(cfg["teacher_dtype_policy"])
+    if cfg["backend_jax_cache"]:
+        _enable_jax_cache(Path(cfg["cache_dir"]) / "jax_cache")
+    data = Data(
+        cfg["data_dir"],
+        cfg["per_class"],
+        cfg["val_per_class"],
+        cfg["test_per_class"],
+        cfg["batch_size"],
+    )
+    roles = ["small", "large"] if any(m != "ce" for m in cfg["methods"]) or cfg["tune"] else []
+    if "regt_kd" in cfg["methods"]:
+        roles.append("large_regt")
+    if cfg["tune"] and "large" not in roles:
+        roles.append("large")
+    teachers, reports, timings = {}, {}, {}
+    for role in roles:
+        model, info = get_teacher(role, data, cfg)
+        teachers[role] = model
+        reports[role] = {
+            "model": teacher_key(role, cfg)["model"],
+            **info,
+            **teacher_report(model, data, cfg),
+        }
+    timings["teachers_seconds"] = time.perf_counter() - start
+    mismatch = None
+    if "small" in reports and "large" in reports:
+        small, large = reports["small"], reports["large"]
+        ok = large["non_target_variance_T"] < small["non_target_variance_T"]
+        more_accurate = large["test_accuracy"] > small["test_accuracy"]
+        mismatch = {
+            "large_flatter": ok,
+            "large_more_accurate": more_accurate,
+            "message": (
+                f"Check: large teacher's non-target variance at T={cfg['temperature']:g} "
+                f"{'<' if ok else '>='} small's ({large['non_target_variance_T']:.3e} vs "
+                f"{small['non_target_variance_T']:.3e}); large teacher "
+                f"{'more' if more_accurate else 'not more'} accurate on test."
+            ),
+        }
+        print(mismatch["message"], flush=True)
+    isats = {
+        "target_ratio": cfg["isats_target_ratio"],
+        "fallback": cfg["isats_fallback"],
+        "grid": cfg["isats_grid"],
+    }
+    tuning = None
+    if cfg["tune"]:
+        tuning = run_tuning(data, teachers, cfg)
+        isats = {k: tuning["choice"][k] for k in ("target_ratio", "fallback", "grid")}
+        timings["tuning_seconds"] = time.perf_counter() - start - sum(timings.values())
+    runs: list[dict[str, Any]] = []
+    if not cfg["tune_only"]:
+        use_cache = cache_fits(data, cfg)
+        for seed in cfg["seeds"]:
+            cache: dict[str, TeacherLogits] = {}
+            for method, role in plan(cfg):
+                cached, logits_seconds = None, 0.0
+                if role is not None and use_cache:
+                    if role not in cache:  # one teacher's logits in memory at a time
+                        cache = {role: TeacherLogits(teachers[role], data, seed, cfg["epochs"])}
+                        logits_seconds = cache[role].seconds
+                    cached = cache[role]
+                label = f"{method}" + (f" <- {role}" if role else "")
+                print(f"[student seed {seed}] {label}", flush=True)
+                run = train_student(method, teachers.get(role), cached, data, seed, cfg, isats)
+                run["teacher"] = role
+                run["logits_seconds"] = logits_seconds
+                runs.append(run)
+                print(
+                    f"    test last {100 * run['test_last']:.2f}  best "
+                    f"{100 * run['test_best']:.2f}  ({run['seconds']:.0f} s)",
+                    flush=True,
+                )
+    results = {
+        "benchmark": "capacity_mismatch",
+        "command": " ".join(cfg["argv"]),
+        "environment": environment,
+        "config": {k: v for k, v in cfg.items() if k != "argv"},
+        "data": data.sizes(),
+        "isats_settings": isats,
+        "teachers": reports,
+        "mismatch_check": mismatch,
+        "tuning": tuning,
+        "runs": runs,
+        "table": summarize_runs(runs, reports),
+        "timings": {**timings, "total_seconds": time.perf_counter() - start},
+        "load_average_end": _common.load_average(),
+    }
+    text = tables(results)
+    results["markdown"] = text
+    print(text)
+    path = _common.write_json(cfg["output"], results)
+    print(f"[capacity_mismatch] wrote {path}")
+    return results
+
+
+def _enable_jax_cache(folder: Path) -> None:
+    """Persistent XLA compilation cache on JAX: every seed reuses the first one's compiles."""
+    if keras.backend.backend() != "jax":
+        return
+    import jax
+
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(v) for v in _common.parse_list(text)]
+    except ValueError:
+        raise app.UsageError(f"--{name} must be a comma list of numbers.") from None
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in _common.parse_list(text)]
+    except ValueError:
+        raise app.UsageError(f"--{name} must be a comma list of integers.") from None
+
+
+def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
+    """The run configuration from the parsed flags (`--smoke` overrides the sizes).
+
+    Args:
+        argv: the command line (recorded).
+
+    Returns:
+        A dict of settings.
+    """
+    backend = keras.backend.backend()
+    methods = _common.parse_list(FLAGS.methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise app.UsageError(f"--methods: unknown {unknown}; choose from {METHODS}.")
+    cfg: dict[str, Any] = {
+        "argv": list(argv),
+        "data_dir": FLAGS.data_dir,
+        "cache_dir": FLAGS.cache_dir,
+        "student": FLAGS.student,
+        "small_teacher": FLAGS.small_teacher,
+        "large_teacher": FLAGS.large_teacher,
+        "per_class": FLAGS.per_class,
+        "val_per_class": FLAGS.val_per_class,
+        "test_per_class": FLAGS.test_per_class,
+        "teacher_epochs": FLAGS.teacher_epochs,
+        "teacher_lr": FLAGS.teacher_lr,
+        "teacher_weight_decay": FLAGS.teacher_weight_decay,
+        "teacher_augment": FLAGS.teacher_augment,
+        "teacher_dtype_policy": FLAGS.teacher_dtype_policy,
+        "regt_gamma": FLAGS.regt_gamma,
+        "regt_temperature": FLAGS.regt_temperature,
+        "epochs": FLAGS.epochs,
+        "lr": FLAGS.lr,
+        "weight_decay": FLAGS.weight_decay,
+        "batch_size": FLAGS.batch_size,
+        "seeds": _ints(FLAGS.seeds, "seeds"),
+        "teacher_seed": FLAGS.teacher_seed,
+        "methods": methods,
+        "eval_every": FLAGS.eval_every,
+        "temperature": FLAGS.temperature,
+        "fgcr_weight": FLAGS.fgcr_weight,
+        "isats_target_ratio": FLAGS.isats_target_ratio,
+        "isats_fallback": FLAGS.isats_fallback,
+        "isats_grid": FLAGS.isats_grid,
+        "tune": FLAGS.tune or FLAGS.tune_only,
+        "tune_only": FLAGS.tune_only,
+        "tune_target_ratios": _floats(FLAGS.tune_target_ratios, "tune_target_ratios"),
+        "tune_fallbacks": _floats(FLAGS.tune_fallbacks, "tune_fallbacks"),
+        "tune_grids": _common.parse_list(FLAGS.tune_grids),
+        "tune_seeds": _ints(FLAGS.tune_seeds, "tune_seeds"),
+        "teacher_logits": FLAGS.teacher_logits,
+        "logits_cache_mb": FLAGS.logits_cache_mb,
+        "jit_compile": {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
+        "backend_jax_cache": True,
+        "verbose": FLAGS.verbose,
+        "smoke": FLAGS.smoke,
+    }
+    if FLAGS.smoke:
+        cfg.update(SMOKE)
+        cfg["cache_dir"] = str(Path(FLAGS.cache_dir) / "smoke")
+    for grid in [cfg["isats_grid"], *cfg["tune_grids"]]:
+        parse_grid(grid)
+    for name in ("per_class", "teacher_epochs", "epochs", "batch_size", "eval_every"):
+        if cfg[name] < 1:
+            raise app.UsageError(f"--{name} must be >= 1.")
+    if not cfg["seeds"]:
+        raise app.UsageError("--seeds is empty.")
+    tag = FLAGS.tag or (f"smoke_{backend}" if FLAGS.smoke else backend)
+    cfg["tag"] = tag
+    cfg["output"] = FLAGS.output or str(_common.RESULTS_DIR / f"capacity_mismatch_{tag}.json")
+    return cfg
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """Parses `argv` (program name first, then flags) and runs the benchmark.
+
+    Args:
+        argv: command line, e.g. `["capacity_mismatch", "--smoke"]`.
+
+    Returns:
+        The results dict (also written to the JSON file).
+    """
+    FLAGS.unparse_flags()
+    rest = FLAGS(list(argv))
+    if len(rest) > 1:
+        raise app.UsageError(f"unexpected arguments: {rest[1:]}")
+    return run_benchmark(config_from_flags(argv))
+
+
+def _cli(argv: Sequence[str]) -> None:
+    FLAGS.mark_as_parsed()
+    run_benchmark(config_from_flags(sys.argv))
+
+
+if __name__ == "__main__":
+    flags.FLAGS.append_flag_values(FLAGS)
+    app.run(_cli)
