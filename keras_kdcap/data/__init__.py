@@ -4,6 +4,11 @@ TensorFlow is needed only when a pipeline is built (``pip install keras-kdcap[te
 the pipelines feed Keras models on every backend.
 """
 
+from keras_kdcap.data.arrays import (
+    ArrayImageDataset,
+    cifar100_array_datasets,
+    pad_crop_flip_numpy,
+)
 from keras_kdcap.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -44,6 +49,9 @@ from keras_kdcap.data.tfds_sources import (
 from keras_kdcap.data.tiny_imagenet import tiny_imagenet_datasets, tiny_imagenet_file_lists
 
 __all__ = [
+    "ArrayImageDataset",
+    "cifar100_array_datasets",
+    "pad_crop_flip_numpy",
     "CIFAR100_ENV_VAR",
     "CIFAR100_MEAN",
     "CIFAR100_NUM_CLASSES",
