@@ -1,0 +1,376 @@
+"""Command-line flags (absl) of the example scripts, and their one-line error handling."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import flags
+
+from keras_kdcap.experiment.config import (
+    DEFAULT_PRESET,
+    FGCR_RELATIONS,
+    POLICY_FLAG_NAMES,
+    POLICY_FLAGS,
+    PRESETS,
+    ExperimentConfig,
+    UsageError,
+    check_config,
+    default_output_dir,
+    one_line,
+)
+from keras_kdcap.policies.registry import POLICIES
+
+#: exit status of a usage error (as argparse), and of an interrupted run.
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
+#: the first policies of a comparison, then every other registered one.
+POLICY_ORDER = ("kd", "ats", "isats", "fgcr")
+
+
+class ShowHelp(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by the parser when `--help` is asked for; carries the help text."""
+
+
+def policy_names() -> tuple[str, ...]:
+    """Every registered policy name, the paper's first (kd, ats, isats, fgcr)."""
+    rest = sorted(name for name in POLICIES if name not in POLICY_ORDER)
+    return tuple(name for name in POLICY_ORDER if name in POLICIES) + tuple(rest)
+
+
+def _positive(flag_values: flags.FlagValues, *names: str) -> None:
+    for name in names:
+        flags.register_validator(
+            name,
+            lambda value: value is None or value > 0,
+            message=f"--{name} must be > 0",
+            flag_values=flag_values,
+        )
+
+
+def define_flags(flag_values: flags.FlagValues, compare: bool = False) -> None:
+    """Defines the experiment flags on `flag_values`.
+
+    Preset-controlled flags default to None: the preset fills them unless set.
+
+    Args:
+        flag_values: a fresh `absl.flags.FlagValues`.
+        compare: define `--policies`/`--seeds` (compare_policies.py) instead of
+            `--policy`/`--seed`/`--base_policy`.
+    """
+    fv = flag_values
+    preset_help = "; ".join(
+        f"{name}: "
+        + ", ".join(f"{k}={'CRD default' if v is None else v}" for k, v in values.items())
+        for name, values in PRESETS.items()
+    )
+    flags.DEFINE_enum(
+        "preset",
+        DEFAULT_PRESET,
+        list(PRESETS),
+        f"Defaults of the run; explicit flags override them ({preset_help}).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "teacher",
+        None,
+        "Teacher: a zoo model name (trained first) or the path of a saved .keras teacher.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("student", None, "Student: a zoo model name.", flag_values=fv)
+    names = policy_names()
+    if compare:
+        flags.DEFINE_string(
+            "policies", ",".join(names), "Comma list of policies to compare.", flag_values=fv
+        )
+        flags.DEFINE_string("seeds", "0,1", "Comma list of student seeds.", flag_values=fv)
+    else:
+        flags.DEFINE_enum("policy", "isats", list(names), "Temperature policy.", flag_values=fv)
+        flags.DEFINE_enum(
+            "base_policy",
+            None,
+            list(names),
+            "Base policy of ls/sckd (its flags apply to it too).",
+            flag_values=fv,
+        )
+        flags.DEFINE_integer(
+            "seed",
+            0,
+            "Seed of initialisation, shuffling and augmentation.",
+            lower_bound=0,
+            flag_values=fv,
+        )
+    for flag in POLICY_FLAGS:
+        define = {
+            "float": flags.DEFINE_float,
+            "int": flags.DEFINE_integer,
+            "bool": flags.DEFINE_bool,
+            "string": flags.DEFINE_string,
+        }[flag.kind]
+        kwargs: dict[str, Any] = {}
+        if flag.name == "fgcr_weight":
+            kwargs = {"lower_bound": 0.0, "upper_bound": 1.0}
+        elif flag.name == "num_candidates":
+            kwargs = {"lower_bound": 2}
+        elif flag.name == "ls_ddof":
+            kwargs = {"lower_bound": 0, "upper_bound": 1}
+        elif flag.kind in ("float", "int") and not flag.name.endswith("temperature"):
+            kwargs = {"lower_bound": 0}
+        define(flag.name, None, f"{flag.help} Default: the policy's.", flag_values=fv, **kwargs)
+    _positive(fv, *(f.name for f in POLICY_FLAGS if f.name.endswith("temperature")))
+    flags.DEFINE_enum(
+        "fgcr_relations",
+        "data",
+        list(FGCR_RELATIONS),
+        "FGCR's class relations R: mean teacher probabilities per class over the training "
+        "set (data) or cosine similarities of the teacher's classifier weights (classifier).",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "fgcr_relation_temperature",
+        0.25,
+        "Temperature of the softmax of --fgcr_relations=classifier.",
+        flag_values=fv,
+    )
+    _positive(fv, "fgcr_relation_temperature")
+    flags.DEFINE_float(
+        "alpha", None, "Weight of the student's cross-entropy.", lower_bound=0.0, flag_values=fv
+    )
+    flags.DEFINE_float("beta", None, "Weight of the KD term.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_bool(
+        "temperature_scaling",
+        True,
+        "Multiply the KD term by s^2 (Hinton); --notemperature_scaling is the ATS code's way.",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "regt", False, "Train the teacher with RegT (keras_kdcap.losses.RegTLoss).", flag_values=fv
+    )
+    flags.DEFINE_float("regt_gamma", 0.1, "RegT's gamma.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_float("regt_temperature", 4.0, "RegT's temperature.", flag_values=fv)
+    _positive(fv, "regt_temperature")
+    flags.DEFINE_integer("epochs", None, "Student epochs.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("teacher_epochs", None, "Teacher epochs.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("batch_size", None, "Training batch size.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_float(
+        "lr",
+        None,
+        "Initial SGD learning rate (default: the CRD one of each model).",
+        flag_values=fv,
+    )
+    _positive(fv, "lr")
+    flags.DEFINE_float(
+        "weight_decay",
+        None,
+        "PyTorch-style (coupled) weight decay.",
+        lower_bound=0.0,
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Folder of the offline CIFAR-100 copy (train.npz, test.npz) or a tfds data dir. "
+        "Default: $KDCAP_CIFAR100_DIR, else tensorflow-datasets (downloads when online).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "per_class",
+        None,
+        "Training images per class (0: all 500).",
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "test_per_class",
+        None,
+        "Test images per class (0: all 100).",
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "output_dir",
+        None,
+        "Folder of every output (default: runs/<preset>_<teacher>_<student>_<policy>_seed<seed>"
+        + ("; comparisons: runs/compare_<preset>_<teacher>_<student>)" if compare else ")"),
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "analysis",
+        True,
+        "Teacher statistics (non-target variance, tau* histogram) and PNG plots.",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs.", flag_values=fv)
+    flags.DEFINE_bool(
+        "restart",
+        False,
+        "Replace a previous run in --output_dir instead of reusing or resuming it.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "verbose",
+        1,
+        "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+        lower_bound=0,
+        upper_bound=2,
+        flag_values=fv,
+    )
+
+
+def parse(argv: Sequence[str], compare: bool = False) -> tuple[flags.FlagValues, set[str]]:
+    """Parses a command line into fresh flag values.
+
+    Args:
+        argv: `sys.argv`-style list (program name first).
+        compare: the comparison script's flags.
+
+    Returns:
+        `(flag_values, explicit)`: the parsed flags and the names of those set.
+
+    Raises:
+        ShowHelp: `--help` was given.
+        UsageError: an unknown flag, a bad value or a stray argument.
+    """
+    fv = flags.FlagValues()
+    define_flags(fv, compare=compare)
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        raise ShowHelp(fv.get_help())
+    try:
+        rest = fv(list(argv))
+    except flags.Error as err:
+        raise UsageError(one_line(err)) from None
+    if len(rest) > 1:
+        raise UsageError(f"unexpected argument {rest[1]!r} (flags are --name=value)")
+    explicit = {name for name in fv if fv[name].present}
+    return fv, explicit
+
+
+def build_config(fv: flags.FlagValues, explicit: set[str], **overrides: Any) -> ExperimentConfig:
+    """The configuration from parsed flags: preset values, then explicit flags.
+
+    Args:
+        fv: parsed flags.
+        explicit: names of the flags set on the command line.
+        **overrides: fields to set directly (e.g. `policy`, `seed` in comparisons).
+
+    Returns:
+        The `ExperimentConfig` (not checked yet).
+    """
+    preset = PRESETS[fv.preset]
+    values = {
+        key: (fv[key].value if key in explicit else default) for key, default in preset.items()
+    }
+    for name in (
+        "policy",
+        "base_policy",
+        "seed",
+        "fgcr_relations",
+        "fgcr_relation_temperature",
+        "temperature_scaling",
+        "regt",
+        "regt_gamma",
+        "regt_temperature",
+        "data_dir",
+        "analysis",
+        "tensorboard",
+        "restart",
+        "verbose",
+    ):
+        if name in fv:
+            values[name] = fv[name].value
+    values["policy_args"] = {name: fv[name].value for name in POLICY_FLAG_NAMES if name in explicit}
+    values["preset"] = fv.preset
+    values.update(overrides)
+    if fv.output_dir:
+        values["output_dir"] = fv.output_dir
+    else:
+        values["output_dir"] = default_output_dir(
+            fv.preset,
+            values["teacher"],
+            values["student"],
+            values.get("policy", "isats"),
+            values.get("seed", 0),
+        )
+    if values.get("data_dir"):
+        values["data_dir"] = os.path.expanduser(values["data_dir"])
+    return ExperimentConfig(**values)
+
+
+def parse_experiment(argv: Sequence[str]) -> ExperimentConfig:
+    """Parses and checks the command line of `examples/cifar100_isats.py`.
+
+    Args:
+        argv: `sys.argv`-style list.
+
+    Returns:
+        A checked `ExperimentConfig`.
+
+    Raises:
+        ShowHelp: `--help` was given.
+        UsageError: bad input, with a one-line message.
+    """
+    fv, explicit = parse(argv)
+    config = build_config(fv, explicit)
+    check_config(config, explicit)
+    return config
+
+
+def parse_list(flag: str, value: str, kind: Callable[[str], Any] = str) -> list[Any]:
+    """Splits a comma list flag.
+
+    Args:
+        flag: its name, for the message.
+        value: the text.
+        kind: converts each item.
+
+    Returns:
+        The items (no empty ones, no duplicates).
+
+    Raises:
+        UsageError: an empty list, a bad or a repeated item.
+    """
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    try:
+        parsed = [kind(item) for item in items]
+    except ValueError:
+        raise UsageError(f"--{flag}={value}: expected a comma list of {kind.__name__}") from None
+    if not parsed:
+        raise UsageError(f"--{flag} is empty")
+    if len(set(parsed)) != len(parsed):
+        raise UsageError(f"--{flag}={value}: an item is repeated")
+    return parsed
+
+
+def guarded(main: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> int:
+    """Runs `main(argv)`, turning bad input into one `error: ...` line on stderr.
+
+    Args:
+        main: the script's body.
+        argv: `sys.argv`-style list.
+
+    Returns:
+        The exit status: 0, `EXIT_USAGE` after a `UsageError`, `EXIT_INTERRUPTED`
+        after Ctrl-C (the run resumes when started again with the same flags).
+    """
+    try:
+        main(argv)
+    except ShowHelp as help_text:
+        print(f"usage: {os.path.basename(argv[0]) if argv else 'script'} [--flag=value ...]\n")
+        print(help_text)
+        return 0
+    except UsageError as err:
+        sys.stdout.flush()
+        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print(
+            "\ninterrupted: run the same command again to resume from the last finished epoch",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
+    return 0

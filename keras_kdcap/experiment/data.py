@@ -1,0 +1,129 @@
+"""CIFAR-100 for an experiment: the offline npz copy or tensorflow-datasets, sliced per class."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import numpy as np
+
+from keras_kdcap.experiment.config import ExperimentConfig, UsageError, one_line
+
+#: batch size of the inference passes (evaluation, teacher statistics).
+EVAL_BATCH_SIZE = 256
+NUM_CLASSES = 100
+
+
+@dataclasses.dataclass
+class ExperimentData:
+    """The pipelines of one run.
+
+    Args:
+        train: shuffled, augmented, epoch-aware training batches.
+        train_eval: the same training images, in order, without augmentation.
+        test: test batches, in order.
+        num_train: training images.
+        num_test: test images.
+        source: where the images came from, in words.
+    """
+
+    train: Any
+    train_eval: Any
+    test: Any
+    num_train: int
+    num_test: int
+    source: str
+
+
+@functools.lru_cache(maxsize=2)
+def _arrays(source: str, folder: str | None) -> tuple[Any, Any]:
+    from keras_kdcap.data import load_cifar100_arrays, tfds_cifar100_arrays
+
+    if source == "npz":
+        return load_cifar100_arrays(folder)
+    return tfds_cifar100_arrays(folder, download=True)
+
+
+def load_arrays(data_dir: str | None) -> tuple[tuple[Any, Any], tuple[Any, Any], str]:
+    """Reads CIFAR-100 once per process (comparisons reuse the arrays).
+
+    Args:
+        data_dir: the npz folder, a tfds data dir, or None.
+
+    Returns:
+        `(train, test, source)`: `(images, labels)` pairs and a description.
+
+    Raises:
+        UsageError: the data cannot be found or read (offline without a copy, ...).
+    """
+    from keras_kdcap.data.cifar import resolve_cifar100_source
+
+    source, folder = resolve_cifar100_source(data_dir)
+    try:
+        train, test = _arrays(source, folder)
+    except (OSError, ImportError, ValueError) as err:
+        # OfflineDataError is a FileNotFoundError: no copy and no network.
+        raise UsageError(f"cannot read CIFAR-100: {one_line(err)}") from None
+    where = f"npz {folder}" if source == "npz" else f"tfds {folder or '(default data dir)'}"
+    return train, test, where
+
+
+def _subset(labels: np.ndarray, per_class: int) -> np.ndarray | None:
+    from keras_kdcap.data import stratified_indices
+
+    return None if per_class <= 0 else stratified_indices(labels, per_class)
+
+
+def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentData:
+    """Builds the training and evaluation pipelines of a run.
+
+    Args:
+        config: the configuration (`data_dir`, `per_class`, `test_per_class`,
+            `batch_size`, `seed`).
+        seed: shuffle and augmentation seed (default: `config.seed`).
+
+    Returns:
+        The `ExperimentData`.
+    """
+    from keras_kdcap.data import cifar100_datasets_from_arrays
+
+    (x_train, y_train), (x_test, y_test), where = load_arrays(config.data_dir)
+    keep = _subset(y_train, config.per_class)
+    if keep is not None:
+        x_train, y_train = x_train[keep], y_train[keep]
+    keep = _subset(y_test, config.test_per_class)
+    if keep is not None:
+        x_test, y_test = x_test[keep], y_test[keep]
+    train, test = (x_train, y_train), (x_test, y_test)
+    seed = config.seed if seed is None else seed
+    # Whole batches only (one shape for XLA, no tiny BatchNorm batch), unless the
+    # training set is smaller than one batch.
+    drop = len(y_train) >= config.batch_size
+    train_ds, test_ds = cifar100_datasets_from_arrays(
+        train,
+        test,
+        batch_size=config.batch_size,
+        seed=seed,
+        augment=True,
+        shuffle=True,
+        drop_remainder=drop,
+        eval_batch_size=EVAL_BATCH_SIZE,
+    )
+    train_eval, _ = cifar100_datasets_from_arrays(
+        train,
+        test,
+        batch_size=EVAL_BATCH_SIZE,
+        seed=seed,
+        augment=False,
+        shuffle=False,
+        epoch=0,
+    )
+    return ExperimentData(
+        train=train_ds,
+        train_eval=train_eval,
+        test=test_ds,
+        num_train=len(y_train),
+        num_test=len(y_test),
+        source=where,
+    )

@@ -1,0 +1,211 @@
+"""What a previous run left in the output folder: reuse, resume, or refuse to overwrite.
+
+Every model this package writes has a JSON record of the settings it was trained
+with (its fingerprint, see `ExperimentConfig`). A rerun with the same settings
+reuses a finished teacher or student and resumes an interrupted one; a rerun
+with other settings stops with a `UsageError` instead of mixing two runs,
+unless `--restart` is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from keras_kdcap.experiment.config import ExperimentConfig, UsageError
+
+TEACHER_FILE = "teacher.keras"
+TEACHER_RECORD = "teacher.json"
+TEACHER_WORK_DIR = "teacher"  # train_teacher's checkpoint_dir: history.csv and backup/
+STUDENT_FILE = "student.keras"
+STUDENT_RECORD = "student.json"
+BACKUP_DIR = "backup"  # the student's keras.callbacks.BackupAndRestore folder
+RUN_RECORD = "run.json"  # fingerprint of the run a backup folder belongs to
+STUDENT_LOG = "student_log.csv"
+METRICS_FILE = "metrics.json"
+
+#: everything a run writes, removed by `--restart`.
+OUTPUTS = (
+    TEACHER_FILE,
+    TEACHER_RECORD,
+    TEACHER_WORK_DIR,
+    STUDENT_FILE,
+    STUDENT_RECORD,
+    BACKUP_DIR,
+    STUDENT_LOG,
+    METRICS_FILE,
+    "tensorboard",
+    "plots",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What each phase does.
+
+    Args:
+        teacher: "train", "resume" (an interrupted training), "reuse" (a finished
+            teacher in the output folder) or "load" (from `--teacher <file>`).
+        student: "train", "resume" or "reuse".
+    """
+
+    teacher: str
+    student: str
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """Writes JSON atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def normalise(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists, ...)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _difference(old: Any, new: Any) -> str:
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return "unknown settings"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    parts = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]]
+    return ", ".join(parts) + (", ..." if len(keys) > 3 else "")
+
+
+def _fingerprint_of(record: Any) -> Any:
+    return record.get("fingerprint") if isinstance(record, dict) else None
+
+
+def _mismatch(config: ExperimentConfig, what: str, old: Any, new: Any) -> UsageError:
+    hint = ""
+    if what == "student":
+        hint = f" (--teacher={Path(config.output_dir) / TEACHER_FILE} reuses its teacher)"
+    return UsageError(
+        f"--output_dir={config.output_dir} holds a {what} trained with other settings "
+        f"({_difference(old, new)}); pass --restart to replace it, or choose another "
+        f"--output_dir{hint}"
+    )
+
+
+def plan_teacher(config: ExperimentConfig) -> str:
+    """Decides the teacher phase (see `RunPlan`).
+
+    Args:
+        config: the configuration.
+
+    Returns:
+        "train", "resume", "reuse" or "load".
+
+    Raises:
+        UsageError: the output folder holds a teacher with other settings.
+    """
+    out = Path(config.output_dir)
+    fingerprint = normalise(config.teacher_fingerprint())
+    saved = out / TEACHER_FILE
+    if config.teacher_is_file and saved.exists() and saved.samefile(config.teacher):
+        return "load"
+    record = read_json(out / TEACHER_RECORD)
+    if saved.exists() or record is not None:
+        if saved.exists() and _fingerprint_of(record) == fingerprint:
+            return "reuse"
+        raise _mismatch(config, "teacher", _fingerprint_of(record), fingerprint)
+    if config.teacher_is_file:
+        return "load"
+    backup = out / TEACHER_WORK_DIR / BACKUP_DIR
+    if backup.is_dir() and any(backup.iterdir()):
+        old = _fingerprint_of(read_json(out / TEACHER_WORK_DIR / RUN_RECORD))
+        if old == fingerprint:
+            return "resume"
+        raise _mismatch(config, "teacher", old, fingerprint)
+    return "train"
+
+
+def plan_student(config: ExperimentConfig) -> str:
+    """Decides the student phase (see `RunPlan`).
+
+    Args:
+        config: the configuration.
+
+    Returns:
+        "train", "resume" or "reuse".
+
+    Raises:
+        UsageError: the output folder holds a student run with other settings.
+    """
+    out = Path(config.output_dir)
+    fingerprint = normalise(config.student_fingerprint())
+    record = read_json(out / STUDENT_RECORD)
+    if (out / STUDENT_FILE).exists() or record is not None:
+        if (out / STUDENT_FILE).exists() and _fingerprint_of(record) == fingerprint:
+            return "reuse"
+        raise _mismatch(config, "student", _fingerprint_of(record), fingerprint)
+    backup = out / BACKUP_DIR
+    if backup.is_dir() and any(backup.iterdir()):
+        old = _fingerprint_of(read_json(backup / RUN_RECORD))
+        if old == fingerprint:
+            return "resume"
+        raise _mismatch(config, "student", old, fingerprint)
+    return "train"
+
+
+def plan_run(config: ExperimentConfig) -> RunPlan:
+    """Decides both phases; with `config.restart`, first clears the previous run.
+
+    Args:
+        config: the configuration.
+
+    Returns:
+        The `RunPlan`.
+
+    Raises:
+        UsageError: a previous run with other settings is in the way.
+    """
+    if config.restart:
+        own = Path(config.output_dir) / TEACHER_FILE
+        keep = config.teacher_is_file and own.exists() and own.samefile(config.teacher)
+        clear_outputs(config.output_dir, keep_teacher=keep)
+    return RunPlan(teacher=plan_teacher(config), student=plan_student(config))
+
+
+def clear_outputs(output_dir: str | os.PathLike, keep_teacher: bool = False) -> None:
+    """Removes what a run wrote to `output_dir` (nothing else).
+
+    Args:
+        output_dir: the run's folder.
+        keep_teacher: keep `teacher.keras` (when it is the `--teacher` file itself).
+    """
+    out = Path(output_dir)
+    for name in OUTPUTS:
+        if keep_teacher and name == TEACHER_FILE:
+            continue
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

@@ -1,0 +1,272 @@
+"""examples/cifar100_isats.py and compare_policies.py: a miniature run on real CIFAR-100.
+
+The miniature run (3 images per class, resnet8 -> resnet8, one epoch) goes through
+every phase on the backend under test; the same output folder is then reused. Bad
+command lines must fail in a fraction of a second with one `error: ...` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from keras_kdcap.experiment import cli, compare
+from keras_kdcap.experiment.config import PRESETS, UsageError, applicable_policy_flags
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "cifar100_isats.py"
+COMPARE_SCRIPT = REPO / "examples" / "compare_policies.py"
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(module, argv: list[str]) -> tuple[int, str, str]:
+    """Calls a script's `main` in-process; returns (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = module.main([module.__name__, *argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+def _miniature_flags(data_dir: Path, output_dir: Path) -> list[str]:
+    return [
+        f"--data_dir={data_dir}",
+        f"--output_dir={output_dir}",
+        "--teacher=resnet8",
+        "--student=resnet8",
+        "--per_class=3",
+        "--test_per_class=3",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--batch_size=32",
+        "--verbose=2",
+    ]
+
+
+@pytest.fixture(scope="module")
+def example():
+    return _load(SCRIPT, "cifar100_isats")
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    from conftest import cifar100_dir
+
+    path = cifar100_dir()
+    if not (path / "train.npz").exists():
+        pytest.skip(f"offline CIFAR-100 not found at {path} (set KDCAP_CIFAR100_DIR)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def miniature(example, data_dir, tmp_path_factory):
+    """One miniature run, shared by the tests that read its outputs."""
+    output_dir = tmp_path_factory.mktemp("miniature")
+    status, stdout, stderr = _run(example, _miniature_flags(data_dir, output_dir))
+    assert status == 0, stderr[-3000:]
+    return output_dir, stdout
+
+
+@pytest.mark.slow
+def test_miniature_run_writes_every_output(miniature):
+    output_dir, stdout = miniature
+    for phase in ("[1/5] data", "[2/5] teacher: training", "[3/5]", "[4/5] student", "[5/5]"):
+        assert phase in stdout
+    assert "| teacher |" in stdout and "| student |" in stdout  # the summary table
+
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    for key in ("teacher_test_accuracy", "student_test_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["complete"] is True
+    assert metrics["policy"] == "isats"
+    assert metrics["data"]["num_train"] == 300 and metrics["data"]["num_test"] == 300
+    assert metrics["versions"]["backend"] == keras.backend.backend()
+    assert metrics["versions"]["keras"] == keras.__version__
+    assert metrics["config"]["per_class"] == 3 and metrics["config"]["policy"] == "isats"
+    student = metrics["student"]
+    assert student["last_epoch"]["epoch"] == 1 and student["best_epoch"]["epoch"] == 1
+    history = student["history"]
+    assert history["epoch"] == [0]
+    for name in ("temperature", "fallback_rate", "target_cap_rate", "target_first", "kd_loss"):
+        assert len(history[name]) == 1 and np.isfinite(history[name][0])
+    assert 0.5 <= history["temperature"][0] <= 20.0
+    assert history["val_accuracy"][0] == pytest.approx(metrics["student_test_accuracy"])
+    teacher = metrics["teacher"]
+    assert teacher["source"] == "trained" and teacher["epochs"] == 1
+    assert [row["temperature"] for row in teacher["non_target"]] == [1.0, 2.0, 4.0, 8.0]
+    assert all(row["variance"] >= 0.0 for row in teacher["non_target"])
+    assert 0.5 <= teacher["tau_star"]["median"] <= 20.0
+
+    with open(output_dir / "student_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["0"]
+    assert {"accuracy", "loss", "temperature", "val_accuracy"} <= set(rows[0])
+
+    model = keras.saving.load_model(output_dir / "student.keras")
+    logits = keras.ops.convert_to_numpy(model.predict(np.zeros((2, 32, 32, 3)), verbose=0))
+    assert logits.shape == (2, 100) and np.all(np.isfinite(logits))
+    assert (output_dir / "teacher.keras").is_file()
+    for name in ("accuracy_curves", "tau_star_histogram", "non_target_variance"):
+        path = output_dir / metrics["outputs"]["plots"][name]
+        assert path.suffix == ".png" and path.stat().st_size > 1000
+    if metrics["outputs"]["tensorboard"] is None:  # e.g. the tensorboard package missing
+        assert metrics["outputs"]["tensorboard_status"]["student"].startswith("skipped")
+
+
+@pytest.mark.slow
+def test_rerun_reuses_the_teacher(example, miniature, data_dir):
+    output_dir, _ = miniature
+    teacher = output_dir / "teacher.keras"
+    before = teacher.stat().st_mtime_ns
+    first = json.loads((output_dir / "metrics.json").read_text())
+    status, stdout, stderr = _run(example, _miniature_flags(data_dir, output_dir))
+    assert status == 0, stderr[-3000:]
+    assert "teacher: reused" in stdout and "teacher: training" not in stdout
+    assert teacher.stat().st_mtime_ns == before
+    again = json.loads((output_dir / "metrics.json").read_text())
+    assert again["teacher"]["source"] == "reused"
+    assert again["teacher_test_accuracy"] == first["teacher_test_accuracy"]
+    assert again["student_test_accuracy"] == first["student_test_accuracy"]
+
+    # Other student settings in the same folder: refused, nothing overwritten.
+    status, _, stderr = _run(example, _miniature_flags(data_dir, output_dir) + ["--policy=kd"])
+    assert status == 2 and stderr.startswith("error: ") and "--restart" in stderr
+    assert teacher.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_compare_policies_on_a_saved_teacher(miniature, data_dir, tmp_path):
+    output_dir, _ = miniature
+    module = _load(COMPARE_SCRIPT, "compare_policies")
+    argv = _miniature_flags(data_dir, tmp_path)
+    argv = [a for a in argv if not a.startswith(("--teacher", "--output_dir"))]
+    argv += [
+        f"--teacher={output_dir / 'teacher.keras'}",
+        f"--output_dir={tmp_path}",
+        "--policies=kd,isats",
+        "--seeds=0",
+        "--noanalysis",
+    ]
+    status, stdout, stderr = _run(module, argv)
+    assert status == 0, stderr[-3000:]
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert [row["policy"] for row in report["rows"]] == ["kd", "isats"]
+    for row in report["rows"]:
+        assert len(row["accuracies"]) == 1 and row["std"] == 0.0
+        assert 0.0 <= row["mean"] <= 1.0
+    assert "| policy" in stdout and "| isats" in stdout
+    assert (tmp_path / "compare.md").read_text().count("\n|") >= 3
+
+
+BAD_INPUTS = {
+    "unknown model": ["--student=resnet9000"],
+    "unknown teacher": ["--teacher=nosuchnet"],
+    "unknown policy": ["--policy=nosuch"],
+    "unknown preset": ["--preset=huge"],
+    "missing data dir": ["--data_dir=/no/such/folder"],
+    "fgcr weight out of range": ["--policy=fgcr", "--fgcr_weight=2"],
+    "flag of another policy": ["--policy=isats", "--fgcr_weight=0.5"],
+    "empty temperature range": ["--min_temperature=5", "--max_temperature=2"],
+    "missing teacher file": ["--teacher=/no/such/teacher.keras"],
+    "regt flag without regt": ["--regt_gamma=0.5"],
+    "epochs with a teacher file": ["--teacher={tmp}/teacher.keras", "--teacher_epochs=3"],
+    "unknown flag": ["--epochz=3"],
+    "bad number": ["--epochs=many"],
+    "stray argument": ["isats"],
+}
+
+
+@pytest.mark.parametrize("argv", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
+def test_bad_input_gives_one_error_line(example, tmp_path, argv):
+    (tmp_path / "teacher.keras").write_bytes(b"")  # exists, for the combination checks
+    output_dir = tmp_path / "never_created"
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    status, stdout, stderr = _run(example, [f"--output_dir={output_dir}", *argv])
+    assert status == cli.EXIT_USAGE
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert not output_dir.exists()  # failed before any work
+
+
+def test_bad_input_exit_status_in_a_subprocess(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--policy=fgcr", "--fgcr_weight=2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == cli.EXIT_USAGE
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: flag --fgcr_weight=2: 2.0 is not a number in the range [0.0, 1.0]"
+    ]
+
+
+def test_explicit_flags_override_the_preset():
+    config = cli.parse_experiment(["x", "--preset=smoke", "--epochs=7", "--policy=kd"])
+    assert config.epochs == 7 and config.policy == "kd"
+    assert config.teacher == PRESETS["smoke"]["teacher"]
+    assert config.per_class == PRESETS["smoke"]["per_class"]
+    paper = cli.parse_experiment(["x"])
+    assert (paper.epochs, paper.batch_size, paper.alpha, paper.beta) == (240, 64, 0.1, 0.9)
+    assert paper.output_dir.startswith("runs")
+
+
+def test_policy_flags_reach_the_policy():
+    config = cli.parse_experiment(["x", "--target_ratio=1.5", "--num_candidates=8"])
+    from keras_kdcap.experiment import make_policy
+
+    policy = make_policy(config)
+    assert policy.target_ratio == 1.5 and policy.num_candidates == 8
+    config = cli.parse_experiment(["x", "--policy=fgcr", "--fgcr_weight=0.25"])
+    assert make_policy(config).weight == 0.25
+    assert "fgcr_weight" in applicable_policy_flags("fgcr")
+    assert "fgcr_weight" not in applicable_policy_flags("kd")
+
+
+def test_compare_checks_and_table():
+    fv, explicit = cli.parse(["x", "--temperature=3", "--teacher=resnet8"], compare=True)
+    base = cli.build_config(fv, explicit, policy="kd", seed=0)
+    comparison = compare.check_comparison(base, ["kd", "isats"], [0, 1], explicit)
+    assert len(comparison.runs) == 4
+    kd_config = comparison.runs[0][2]
+    assert kd_config.policy_args == {"temperature": 3.0}
+    assert comparison.runs[2][2].policy_args == {}  # isats takes no --temperature
+    with pytest.raises(UsageError, match="applies to none"):
+        compare.check_comparison(
+            base.replace(policy_args={"fgcr_weight": 0.5}), ["kd"], [0], {"fgcr_weight"}
+        )
+    mean, std = compare.summarise([0.5, 0.7])
+    assert mean == pytest.approx(0.6) and std == pytest.approx(0.1414, abs=1e-4)
+    table = compare.markdown_table(
+        [
+            {
+                "policy": "kd",
+                "mean": 0.6,
+                "std": std,
+                "accuracies": [0.5, 0.7],
+                "target_first": 0.9,
+            }
+        ]
+    )
+    assert table.splitlines()[2].startswith("| kd ") and "60.00" in table
