@@ -109,6 +109,12 @@ flags.DEFINE_bool(
     "Add the distill/none variant, the per-policy KD-term timings and dtype/teacher checks.",
     flag_values=FLAGS,
 )
+flags.DEFINE_bool(
+    "op_counts",
+    True,
+    "With --diagnose, count the primitive ops of every step (traces each step once more).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer("seed", 0, "Seed of the models and the batch.", flag_values=FLAGS)
 flags.DEFINE_string(
     "output",
@@ -614,10 +620,11 @@ def bench_pair(
         runners.update(kd_term_runners(cfg["policies"], teacher, teacher_logits, y, jit_compile))
         diagnostics["dtypes"] = dtype_check(cfg["policies"], teacher, cfg["batch_size"])
         diagnostics["teacher"] = teacher_check(variants)
-        diagnostics["op_counts"] = {
-            name: _common.op_count(model, kind, x, y if kind == "train" else None)
-            for name, (model, kind) in variants.items()
-        }
+        if cfg["op_counts"]:
+            diagnostics["op_counts"] = {
+                name: _common.op_count(model, kind, x, y if kind == "train" else None)
+                for name, (model, kind) in variants.items()
+            }
     setup_seconds = time.perf_counter() - start
     load_before = _common.load_average()
     start = time.perf_counter()
@@ -791,6 +798,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "step_api": FLAGS.step_api,
         "keras_distiller": FLAGS.keras_distiller,
         "diagnose": FLAGS.diagnose,
+        "op_counts": FLAGS.op_counts,
         "seed": FLAGS.seed,
         "output": output,
     }

@@ -1,0 +1,195 @@
+"""The benchmark scripts end to end on tiny configurations, in-process.
+
+Structure only: every timing here is noise, so nothing asserts on wall-clock
+values beyond their being positive numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def step_time():
+    return _load("step_time")
+
+
+@pytest.fixture(scope="module")
+def capacity():
+    return _load("capacity_mismatch")
+
+
+def _data_dir() -> Path:
+    env = os.environ.get("KDCAP_CIFAR100_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "cifar100"
+
+
+def _positive(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_paired_ratio_and_table():
+    common = _load("_common")
+    ratio = common.paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])
+    assert ratio["value"] == 2.0 and ratio["of_minimums"] == 2.0
+    assert ratio["q1"] <= ratio["value"] <= ratio["q3"]
+    table = common.markdown_table(["a", "b"], [[1, 2]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+
+
+def test_brute_force_search_matches_isats(step_time):
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((6, 100)) * 4).astype("float32")
+    labels = rng.integers(0, 100, 6).astype("int32")
+    logits[np.arange(6), labels] += 10.0  # correctly classified: interior maximum
+    fast = keras.ops.convert_to_numpy(
+        step_time.kd_ops.isats_temperature(logits, labels, **step_time.ISATS_SEARCH)
+    )
+    np.testing.assert_allclose(fast, step_time.brute_force_search(logits, labels), rtol=1e-4)
+
+
+def test_diagnostics(step_time):
+    common = _load("_common")
+    x, y = step_time.make_batch(4, 0)
+
+    def tiny(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input(step_time.IMAGE_SHAPE)
+        pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+        logits = keras.layers.Dense(step_time.NUM_CLASSES, name="classifier")(pooled)
+        return keras.Model(inputs, logits)
+
+    student = tiny(0)
+    student.compile(optimizer="sgd", loss=step_time._ce())
+    distiller = step_time.Distiller(tiny(1), tiny(0))
+    distiller.compile(optimizer="sgd", policy=step_time.make_policy("isats", None))
+    counts = {}
+    for name, model in (("student", student), ("distiller", distiller)):
+        common.StepRunner(model, x, y, kind="train")
+        counts[name] = common.op_count(model, "train", x, y)
+    assert counts["student"]["ops"] > 0, counts
+    assert counts["distiller"]["ops"] > counts["student"]["ops"], counts
+    dtypes = step_time.dtype_check(["kd", "isats", "fgcr"], distiller.teacher, 4)
+    assert not any(d["float64"] for d in dtypes.values()), dtypes
+    check = step_time.teacher_check({"distill": (distiller, "train")})["distill"]
+    assert check["trainable"] == check["student_trainable"] and check["teacher_trainable"] == 0
+
+
+def test_step_time_tiny(step_time, tmp_path):
+    output = tmp_path / "step_time.json"
+    argv = [
+        "step_time",
+        "--pairs=small",
+        "--repeats=2",
+        "--steps=1",
+        "--warmup=0",
+        "--policies=kd,isats",
+        "--jit_compile=" + ("true" if keras.backend.backend() == "jax" else "false"),
+        "--step_api=function",
+        "--nodiagnose",
+        f"--output={output}",
+    ]
+    returned = step_time.main(argv)
+    results = json.loads(output.read_text())
+    assert results["benchmark"] == "step_time"
+    assert results["environment"]["backend"] == keras.backend.backend()
+    assert results["environment"]["versions"]["keras"] == keras.__version__
+    assert results["command"].startswith("step_time")
+    (record,) = results["pairs"]
+    assert (record["teacher"], record["student"]) == ("resnet20", "resnet8")
+    expected = {
+        "teacher",
+        "student",
+        "distill/kd",
+        "distill/isats",
+        "isats_search",
+        "isats_brute_force",
+    }
+    if step_time.has_keras_distiller():
+        expected.add("keras_distiller")
+    assert expected <= set(record["times"])
+    for summary in record["times"].values():
+        assert summary["n"] == 2 and _positive(summary["median_ms"])
+    ratios = record["ratios"]
+    for name in (
+        "distill/kd / (student + teacher)",
+        "distill/isats / (student + teacher)",
+        "distill/isats / distill/kd",
+        "isats_search / isats_brute_force",
+    ):
+        assert _positive(ratios[name]["value"]) and _positive(ratios[name]["of_minimums"])
+        assert isinstance(ratios[name]["meets"], bool) or ratios[name]["goal"] is None
+    if step_time.has_keras_distiller():
+        assert _positive(ratios["distill/kd / keras_distiller"]["value"])
+    assert record["diagnostics"]["isats_search_agreement"] == 1.0
+    assert "| ratio |" in results["markdown"]
+    assert returned["pairs"][0]["ratios"].keys() == ratios.keys()
+
+
+def test_capacity_mismatch_tiny(capacity, tmp_path):
+    if not (_data_dir() / "train.npz").is_file():
+        pytest.skip(f"offline CIFAR-100 not found at {_data_dir()} (set KDCAP_CIFAR100_DIR)")
+    output = tmp_path / "capacity.json"
+    argv = [
+        "capacity_mismatch",
+        f"--data_dir={_data_dir()}",
+        f"--cache_dir={tmp_path / 'cache'}",
+        f"--output={output}",
+        "--student=resnet8",
+        "--small_teacher=resnet8",
+        "--large_teacher=resnet14",
+        "--per_class=1",
+        "--val_per_class=1",
+        "--test_per_class=1",
+        "--teacher_epochs=1",
+        "--epochs=1",
+        "--batch_size=50",
+        "--seeds=0",
+        "--methods=ce,isats",
+        "--teacher_dtype_policy=float32",
+    ]
+    returned = capacity.main(argv)
+    results = json.loads(output.read_text())
+    assert results["benchmark"] == "capacity_mismatch"
+    assert results["data"] == {"train": 100, "val": 100, "test": 100}
+    assert set(results["teachers"]) == {"small", "large"}
+    for teacher in results["teachers"].values():
+        assert teacher["params"] > 0
+        for key in ("train_accuracy", "test_accuracy", "target_first"):
+            assert 0.0 <= teacher[key] <= 1.0
+        assert teacher["non_target_variance_T"] > 0
+    assert [(r["teacher"], r["method"]) for r in results["table"]] == [
+        (None, "ce"),
+        ("small", "isats"),
+        ("large", "isats"),
+    ]
+    for row in results["table"]:
+        assert 0.0 <= row["test_last_mean"] <= 1.0 and row["seeds"] == [0]
+    for run in results["runs"]:
+        assert run["eval_epochs"] == [1] and run["seconds"] > 0
+        if run["method"] != "ce":
+            assert 0.0 <= run["last_epoch_metrics"]["target_first"] <= 1.0
+    assert results["environment"]["backend"] == keras.backend.backend()
+    assert "| teacher | method |" in results["markdown"]
+    assert returned["table"] == results["table"]
