@@ -34,6 +34,7 @@ def test_batches_are_normalised_reproducible_and_change_per_epoch(rng):
     a = ArrayImageDataset(images, labels, 16, augment=True, shuffle=True, seed=3)
     b = ArrayImageDataset(images, labels, 16, augment=True, shuffle=True, seed=3)
     assert len(a) == 4
+    assert len(ArrayImageDataset(images, labels, 16, drop_remainder=True)) == 3
     xa, ya = a[0]
     xb, yb = b[0]
     np.testing.assert_array_equal(xa, xb)

@@ -51,6 +51,8 @@ class ArrayImageDataset(keras.utils.PyDataset):
         augment: pad-crop-flip each epoch.
         shuffle: reshuffle each epoch.
         seed: seed of shuffling and augmentation (combined with the epoch).
+        drop_remainder: leave out the last incomplete batch.
+        epoch: the epoch of the first pass (later passes count up from it).
         mean: per-channel mean of the [0, 1] images.
         std: per-channel standard deviation.
     """
@@ -63,6 +65,8 @@ class ArrayImageDataset(keras.utils.PyDataset):
         augment: bool = False,
         shuffle: bool = False,
         seed: int = 0,
+        drop_remainder: bool = False,
+        epoch: int = 0,
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
         **kwargs,
@@ -80,7 +84,13 @@ class ArrayImageDataset(keras.utils.PyDataset):
         self.augment = augment
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.epoch = 0
+        self.drop_remainder = bool(drop_remainder)
+        if self.drop_remainder and len(images) < batch_size:
+            raise ValueError(
+                f"`batch_size`={batch_size} exceeds the {len(images)} images with "
+                "`drop_remainder=True`: no batch would be left."
+            )
+        self.epoch = int(epoch)
         self._mean = np.asarray(mean, np.float32)
         self._std = np.asarray(std, np.float32)
         self._order = self._permutation()
@@ -91,6 +101,8 @@ class ArrayImageDataset(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch, 0]).permutation(len(self.labels))
 
     def __len__(self) -> int:
+        if self.drop_remainder:
+            return len(self.labels) // self.batch_size
         return -(-len(self.labels) // self.batch_size)
 
     def __getitem__(self, index: int):
