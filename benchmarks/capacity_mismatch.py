@@ -61,6 +61,7 @@ import _common  # noqa: E402
 from keras_kdcap import ATS, FGCR, ISATS, Distiller, FixedTemperature  # noqa: E402
 from keras_kdcap.analysis import non_target_stats  # noqa: E402
 from keras_kdcap.data import (  # noqa: E402
+    ArrayImageDataset,
     cifar100_datasets_from_arrays,
     load_cifar100_arrays,
     stratified_indices,
@@ -162,6 +163,14 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("tune_seeds", "0", "Seeds of the tuning runs.", flag_values=FLAGS)
 flags.DEFINE_enum(
+    "pipeline",
+    "auto",
+    ["auto", "tfdata", "numpy"],
+    "Input pipeline: tf.data, or NumPy augmentation in a PyDataset (no TensorFlow needed). "
+    "auto: tf.data when TensorFlow is installed.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
     "teacher_logits",
     "auto",
     ["auto", "cached", "online"],
@@ -208,7 +217,9 @@ class Data:
         val_per_class: int,
         test_per_class: int,
         batch_size: int,
+        pipeline: str = "tfdata",
     ):
+        self.pipeline = pipeline
         (x_train, y_train), (x_test, y_test) = load_cifar100_arrays(data_dir)
         train_idx = stratified_indices(y_train, per_class)
         if val_per_class > 0:
@@ -242,8 +253,12 @@ class Data:
             augment: crop and flip.
 
         Returns:
-            A tf.data dataset of `(image, label)`, whole batches only.
+            A dataset of `(image, label)`, whole batches only.
         """
+        if self.pipeline == "numpy":
+            return ArrayImageDataset(
+                *self.train, self.batch_size, augment, True, seed, drop_remainder=True, epoch=epoch
+            )
         train_ds, _ = cifar100_datasets_from_arrays(
             self.train,
             self.test,
@@ -257,6 +272,10 @@ class Data:
 
     def train_epochs(self, seed: int, augment: bool = True) -> Any:
         """The epoch-aware training dataset (for teachers; see `keras_kdcap.data.EpochSync`)."""
+        if self.pipeline == "numpy":
+            return ArrayImageDataset(
+                *self.train, self.batch_size, augment, True, seed, drop_remainder=True
+            )
         train_ds, _ = cifar100_datasets_from_arrays(
             self.train,
             self.test,
@@ -277,6 +296,8 @@ class Data:
             A tf.data dataset of `(image, label)`.
         """
         arrays = getattr(self, split)
+        if self.pipeline == "numpy":
+            return ArrayImageDataset(*arrays, 256)
         _, ds = cifar100_datasets_from_arrays(
             self.train, arrays, batch_size=self.batch_size, eval_batch_size=256
         )
@@ -567,8 +588,21 @@ class TeacherLogits:
         )
 
 
+def resolve_pipeline(name: str) -> str:
+    """`auto` -> `tfdata` when TensorFlow imports, else `numpy`."""
+    if name != "auto":
+        return name
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "tfdata"
+
+
 def cache_fits(data: Data, cfg: dict[str, Any]) -> bool:
     """Whether `--teacher_logits` resolves to the cache."""
+    if cfg["pipeline"] == "numpy":
+        return False  # the cached batches are assembled with tf.data
     if cfg["teacher_logits"] != "auto":
         return cfg["teacher_logits"] == "cached"
     size = data.steps_per_epoch * data.batch_size * cfg["epochs"] * NUM_CLASSES * 4
@@ -881,6 +915,7 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["val_per_class"],
         cfg["test_per_class"],
         cfg["batch_size"],
+        cfg["pipeline"],
     )
     roles = ["small", "large"] if any(m != "ce" for m in cfg["methods"]) or cfg["tune"] else []
     if "regt_kd" in cfg["methods"]:
@@ -1050,6 +1085,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "backend_jax_cache": True,
         "verbose": FLAGS.verbose,
         "smoke": FLAGS.smoke,
+        "pipeline": resolve_pipeline(FLAGS.pipeline),
     }
     if FLAGS.smoke:
         cfg.update(SMOKE)
