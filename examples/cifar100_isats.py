@@ -58,7 +58,7 @@ def run(argv: Sequence[str]) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The script's entry point: returns the exit status (2 on bad input)."""
-    return cli.guarded(run, sys.argv if argv is None else argv)
+    return cli.guarded(run, sys.argv if argv is None else argv, usage=__doc__)
 
 
 if __name__ == "__main__":

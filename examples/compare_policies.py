@@ -1,8 +1,7 @@
 """Every temperature policy on one teacher and one student, over the same seeds.
 
     python examples/compare_policies.py --preset smoke --data_dir /path/to/cifar100
-    python examples/compare_policies.py --teacher resnet110 --student resnet20 \
-        --policies kd,ats,isats,fgcr --seeds 0,1,2
+    python examples/compare_policies.py --teacher resnet56 --student resnet20 --seeds 0,1,2
 
 Trains (or reuses) the teacher once in `--output_dir`, then distils one student
 per (policy, seed) into `<output_dir>/runs/<policy>_seed<seed>` (each an ordinary
@@ -61,7 +60,7 @@ def run(argv: Sequence[str]) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The script's entry point: returns the exit status (2 on bad input)."""
-    return cli.guarded(run, sys.argv if argv is None else argv)
+    return cli.guarded(run, sys.argv if argv is None else argv, usage=__doc__)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import pytest
 
 from keras_kdcap.experiment import cli, compare
 from keras_kdcap.experiment.config import PRESETS, UsageError, applicable_policy_flags
+from keras_kdcap.experiment.report import last_and_best, read_csv_log
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "cifar100_isats.py"
@@ -155,8 +156,9 @@ def test_compare_policies_on_a_saved_teacher(miniature, data_dir, tmp_path):
     output_dir, _ = miniature
     module = _load(COMPARE_SCRIPT, "compare_policies")
     argv = _miniature_flags(data_dir, tmp_path)
-    argv = [a for a in argv if not a.startswith(("--teacher", "--output_dir"))]
+    argv = [a for a in argv if not a.startswith(("--teacher", "--output_dir", "--per_class"))]
     argv += [
+        "--per_class=2",
         f"--teacher={output_dir / 'teacher.keras'}",
         f"--output_dir={tmp_path}",
         "--policies=kd,isats",
@@ -222,30 +224,39 @@ def test_bad_input_exit_status_in_a_subprocess(tmp_path):
     ]
 
 
-def test_explicit_flags_override_the_preset():
-    config = cli.parse_experiment(["x", "--preset=smoke", "--epochs=7", "--policy=kd"])
+@pytest.fixture
+def npz_dir(tmp_path) -> str:
+    """A folder that passes for the offline copy (the checks only look for the files)."""
+    for name in ("train.npz", "test.npz"):
+        (tmp_path / name).write_bytes(b"")
+    return f"--data_dir={tmp_path}"
+
+
+def test_explicit_flags_override_the_preset(npz_dir):
+    config = cli.parse_experiment(["x", npz_dir, "--preset=smoke", "--epochs=7", "--policy=kd"])
     assert config.epochs == 7 and config.policy == "kd"
     assert config.teacher == PRESETS["smoke"]["teacher"]
     assert config.per_class == PRESETS["smoke"]["per_class"]
-    paper = cli.parse_experiment(["x"])
+    paper = cli.parse_experiment(["x", npz_dir])
     assert (paper.epochs, paper.batch_size, paper.alpha, paper.beta) == (240, 64, 0.1, 0.9)
     assert paper.output_dir.startswith("runs")
 
 
-def test_policy_flags_reach_the_policy():
-    config = cli.parse_experiment(["x", "--target_ratio=1.5", "--num_candidates=8"])
+def test_policy_flags_reach_the_policy(npz_dir):
+    config = cli.parse_experiment(["x", npz_dir, "--target_ratio=1.5", "--num_candidates=8"])
     from keras_kdcap.experiment import make_policy
 
     policy = make_policy(config)
     assert policy.target_ratio == 1.5 and policy.num_candidates == 8
-    config = cli.parse_experiment(["x", "--policy=fgcr", "--fgcr_weight=0.25"])
+    config = cli.parse_experiment(["x", npz_dir, "--policy=fgcr", "--fgcr_weight=0.25"])
     assert make_policy(config).weight == 0.25
     assert "fgcr_weight" in applicable_policy_flags("fgcr")
     assert "fgcr_weight" not in applicable_policy_flags("kd")
 
 
-def test_compare_checks_and_table():
-    fv, explicit = cli.parse(["x", "--temperature=3", "--teacher=resnet8"], compare=True)
+def test_compare_checks_and_table(npz_dir):
+    argv = ["x", npz_dir, "--temperature=3", "--teacher=resnet8"]
+    fv, explicit = cli.parse(argv, compare=True)
     base = cli.build_config(fv, explicit, policy="kd", seed=0)
     comparison = compare.check_comparison(base, ["kd", "isats"], [0, 1], explicit)
     assert len(comparison.runs) == 4
@@ -270,3 +281,25 @@ def test_compare_checks_and_table():
         ]
     )
     assert table.splitlines()[2].startswith("| kd ") and "60.00" in table
+
+
+def test_help_lists_the_flags(example):
+    status, stdout, stderr = _run(example, ["--help"])
+    assert status == 0 and stderr == ""
+    for flag in ("--teacher", "--policy", "--preset", "--fgcr_weight", "--target_ratio"):
+        assert flag in stdout
+
+
+def test_csv_log_of_a_resumed_run_keeps_the_last_row_of_each_epoch(tmp_path):
+    # An epoch logged, then the run killed before its backup: it is run and logged again.
+    path = tmp_path / "log.csv"
+    path.write_text("epoch,accuracy,val_accuracy\n0,0.1,0.2\n1,0.2,0.3\n1,0.25,0.35\n2,0.3,0.25\n")
+    history = read_csv_log(path)
+    assert history == {
+        "epoch": [0, 1, 2],
+        "accuracy": [0.1, 0.25, 0.3],
+        "val_accuracy": [0.2, 0.35, 0.25],
+    }
+    last, best = last_and_best(history)
+    assert last["epoch"] == 3 and best["epoch"] == 2 and best["val_accuracy"] == 0.35
+    assert read_csv_log(tmp_path / "missing.csv") == {}

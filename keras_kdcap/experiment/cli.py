@@ -51,6 +51,9 @@ def _positive(flag_values: flags.FlagValues, *names: str) -> None:
         )
 
 
+PRESET_NOTE = " Default: from --preset."
+
+
 def define_flags(flag_values: flags.FlagValues, compare: bool = False) -> None:
     """Defines the experiment flags on `flag_values`.
 
@@ -77,10 +80,11 @@ def define_flags(flag_values: flags.FlagValues, compare: bool = False) -> None:
     flags.DEFINE_string(
         "teacher",
         None,
-        "Teacher: a zoo model name (trained first) or the path of a saved .keras teacher.",
+        "Teacher: a zoo model name (trained first) or the path of a saved .keras teacher."
+        + PRESET_NOTE,
         flag_values=fv,
     )
-    flags.DEFINE_string("student", None, "Student: a zoo model name.", flag_values=fv)
+    flags.DEFINE_string("student", None, "Student: a zoo model name." + PRESET_NOTE, flag_values=fv)
     names = policy_names()
     if compare:
         flags.DEFINE_string(
@@ -137,9 +141,15 @@ def define_flags(flag_values: flags.FlagValues, compare: bool = False) -> None:
     )
     _positive(fv, "fgcr_relation_temperature")
     flags.DEFINE_float(
-        "alpha", None, "Weight of the student's cross-entropy.", lower_bound=0.0, flag_values=fv
+        "alpha",
+        None,
+        "Weight of the student's cross-entropy." + PRESET_NOTE,
+        lower_bound=0.0,
+        flag_values=fv,
     )
-    flags.DEFINE_float("beta", None, "Weight of the KD term.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_float(
+        "beta", None, "Weight of the KD term." + PRESET_NOTE, lower_bound=0.0, flag_values=fv
+    )
     flags.DEFINE_bool(
         "temperature_scaling",
         True,
@@ -152,20 +162,26 @@ def define_flags(flag_values: flags.FlagValues, compare: bool = False) -> None:
     flags.DEFINE_float("regt_gamma", 0.1, "RegT's gamma.", lower_bound=0.0, flag_values=fv)
     flags.DEFINE_float("regt_temperature", 4.0, "RegT's temperature.", flag_values=fv)
     _positive(fv, "regt_temperature")
-    flags.DEFINE_integer("epochs", None, "Student epochs.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("teacher_epochs", None, "Teacher epochs.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("batch_size", None, "Training batch size.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer(
+        "epochs", None, "Student epochs." + PRESET_NOTE, lower_bound=1, flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "teacher_epochs", None, "Teacher epochs." + PRESET_NOTE, lower_bound=1, flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "batch_size", None, "Training batch size." + PRESET_NOTE, lower_bound=1, flag_values=fv
+    )
     flags.DEFINE_float(
         "lr",
         None,
-        "Initial SGD learning rate (default: the CRD one of each model).",
+        "Initial SGD learning rate (default: the CRD one of each model)." + PRESET_NOTE,
         flag_values=fv,
     )
     _positive(fv, "lr")
     flags.DEFINE_float(
         "weight_decay",
         None,
-        "PyTorch-style (coupled) weight decay.",
+        "PyTorch-style (coupled) weight decay." + PRESET_NOTE,
         lower_bound=0.0,
         flag_values=fv,
     )
@@ -176,17 +192,25 @@ def define_flags(flag_values: flags.FlagValues, compare: bool = False) -> None:
         "Default: $KDCAP_CIFAR100_DIR, else tensorflow-datasets (downloads when online).",
         flag_values=fv,
     )
+    flags.DEFINE_enum(
+        "pipeline",
+        "auto",
+        ["auto", "tfdata", "numpy"],
+        "Input pipeline: tf.data, or NumPy in a keras.utils.PyDataset (no TensorFlow needed; "
+        "npz copy only); auto picks tf.data when TensorFlow is installed.",
+        flag_values=fv,
+    )
     flags.DEFINE_integer(
         "per_class",
         None,
-        "Training images per class (0: all 500).",
+        "Training images per class (0: all 500)." + PRESET_NOTE,
         lower_bound=0,
         flag_values=fv,
     )
     flags.DEFINE_integer(
         "test_per_class",
         None,
-        "Test images per class (0: all 100).",
+        "Test images per class (0: all 100)." + PRESET_NOTE,
         lower_bound=0,
         flag_values=fv,
     )
@@ -274,6 +298,7 @@ def build_config(fv: flags.FlagValues, explicit: set[str], **overrides: Any) -> 
         "regt_gamma",
         "regt_temperature",
         "data_dir",
+        "pipeline",
         "analysis",
         "tensorboard",
         "restart",
@@ -344,12 +369,15 @@ def parse_list(flag: str, value: str, kind: Callable[[str], Any] = str) -> list[
     return parsed
 
 
-def guarded(main: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> int:
+def guarded(
+    main: Callable[[Sequence[str]], Any], argv: Sequence[str], usage: str | None = None
+) -> int:
     """Runs `main(argv)`, turning bad input into one `error: ...` line on stderr.
 
     Args:
         main: the script's body.
         argv: `sys.argv`-style list.
+        usage: text printed above the flags by `--help` (the script's docstring).
 
     Returns:
         The exit status: 0, `EXIT_USAGE` after a `UsageError`, `EXIT_INTERRUPTED`
@@ -358,7 +386,9 @@ def guarded(main: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> int:
     try:
         main(argv)
     except ShowHelp as help_text:
-        print(f"usage: {os.path.basename(argv[0]) if argv else 'script'} [--flag=value ...]\n")
+        if usage:
+            print(usage.strip() + "\n")
+        print(f"usage: {os.path.basename(argv[0]) if argv else 'script'} [--flag=value ...]")
         print(help_text)
         return 0
     except UsageError as err:

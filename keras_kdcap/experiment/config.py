@@ -41,8 +41,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "alpha": 0.1,
         "beta": 0.9,
     },
-    # Under 5 minutes on 2 CPU cores with real data: small models, 50 images per
-    # class, 20 test images per class, a few epochs. Checks the plumbing, not accuracy.
+    # Under 5 minutes on 2 CPU cores with real data on every backend, also when the
+    # cores are shared: small models, 30 images per class, 10 test images per class,
+    # a few epochs. Checks the plumbing, not accuracy.
     "smoke": {
         "teacher": "resnet14",
         "student": "resnet8",
@@ -51,8 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "lr": None,
         "weight_decay": 5e-4,
-        "per_class": 50,
-        "test_per_class": 20,
+        "per_class": 30,
+        "test_per_class": 10,
         "alpha": 0.1,
         "beta": 0.9,
     },
@@ -141,7 +142,16 @@ FGCR_RELATIONS = ("data", "classifier")
 
 #: configuration fields that do not change what is trained (left out of fingerprints).
 _NOT_TRAINING = frozenset(
-    {"output_dir", "data_dir", "preset", "verbose", "restart", "analysis", "tensorboard"}
+    {
+        "output_dir",
+        "data_dir",
+        "pipeline",
+        "preset",
+        "verbose",
+        "restart",
+        "analysis",
+        "tensorboard",
+    }
 )
 #: the fields that determine the teacher, when it is trained here.
 _TEACHER_FIELDS = (
@@ -185,6 +195,8 @@ class ExperimentConfig:
         data_dir: offline npz folder or tfds data dir; None tries $KDCAP_CIFAR100_DIR, then tfds.
         per_class: training images per class (0: all).
         test_per_class: test images per class (0: all).
+        pipeline: "auto" (tf.data when TensorFlow is installed, else NumPy), "tfdata"
+            or "numpy" (`keras_kdcap.data.ArrayImageDataset`, npz copy only).
         output_dir: where every output goes.
         preset: the preset the defaults came from.
         analysis: compute the teacher's temperature statistics and write the plots.
@@ -215,6 +227,7 @@ class ExperimentConfig:
     data_dir: str | None = None
     per_class: int = 0
     test_per_class: int = 0
+    pipeline: str = "auto"
     output_dir: str = "runs/cifar100_isats"
     preset: str = DEFAULT_PRESET
     analysis: bool = True
@@ -392,6 +405,38 @@ def _check_policy_flags(config: ExperimentConfig, explicit: Iterable[str]) -> No
         )
 
 
+def check_data_source(config: ExperimentConfig) -> None:
+    """Fails fast when CIFAR-100 can come from nowhere (no npz copy, no tfds data, offline).
+
+    Args:
+        config: the configuration (`data_dir`, `pipeline`).
+
+    Raises:
+        UsageError: no offline copy, no prepared tfds `cifar100` and the download host
+            unreachable; or the NumPy pipeline asked for without the npz copy.
+    """
+    from keras_kdcap.data.cifar import resolve_cifar100_source
+    from keras_kdcap.data.tfds_sources import DOWNLOAD_HOSTS, host_reachable
+
+    source, folder = resolve_cifar100_source(config.data_dir)
+    if source == "npz":
+        return
+    if config.pipeline == "numpy":
+        raise UsageError(
+            "--pipeline=numpy reads the offline npz copy only: give --data_dir=<folder with "
+            "train.npz and test.npz>"
+        )
+    root = Path(folder or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+    if (root.expanduser() / "cifar100").is_dir() or host_reachable(*DOWNLOAD_HOSTS["cifar100"]):
+        return  # prepared (tfds checks the rest) or downloadable
+    where = f"--data_dir={config.data_dir}" if config.data_dir else "no --data_dir"
+    raise UsageError(
+        f"{where}: no CIFAR-100 there (train.npz/test.npz or a prepared tfds cifar100) and "
+        f"its download host is unreachable; pass --data_dir=<folder with train.npz and "
+        f"test.npz> or set KDCAP_CIFAR100_DIR"
+    )
+
+
 def check_config(config: ExperimentConfig, explicit: Iterable[str] = ()) -> TemperaturePolicy:
     """Checks a configuration before anything heavy runs.
 
@@ -442,4 +487,6 @@ def check_config(config: ExperimentConfig, explicit: Iterable[str] = ()) -> Temp
     if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
         raise UsageError(f"--output_dir={config.output_dir} exists and is not a folder")
     _check_policy_flags(config, explicit)
-    return make_policy(config)
+    policy = make_policy(config)
+    check_data_source(config)  # last: it may probe the network for tfds
+    return policy

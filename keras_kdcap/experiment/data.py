@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 from typing import Any
 
+import keras
 import numpy as np
 
 from keras_kdcap.experiment.config import ExperimentConfig, UsageError, one_line
@@ -13,6 +15,48 @@ from keras_kdcap.experiment.config import ExperimentConfig, UsageError, one_line
 #: batch size of the inference passes (evaluation, teacher statistics).
 EVAL_BATCH_SIZE = 256
 NUM_CLASSES = 100
+#: `--pipeline` values: tf.data (TensorFlow) or NumPy in a `keras.utils.PyDataset`.
+PIPELINES = ("auto", "tfdata", "numpy")
+
+
+def resolve_pipeline(pipeline: str) -> str:
+    """`"auto"` -> `"tfdata"` when TensorFlow is installed, else `"numpy"`.
+
+    Args:
+        pipeline: one of `PIPELINES`.
+
+    Returns:
+        `"tfdata"` or `"numpy"`.
+
+    Raises:
+        UsageError: `"tfdata"` without TensorFlow, or an unknown name.
+    """
+    if pipeline not in PIPELINES:
+        raise UsageError(f"--pipeline={pipeline}: choose one of {', '.join(PIPELINES)}")
+    has_tf = importlib.util.find_spec("tensorflow") is not None
+    if pipeline == "auto":
+        return "tfdata" if has_tf else "numpy"
+    if pipeline == "tfdata" and not has_tf:
+        raise UsageError("--pipeline=tfdata needs TensorFlow: pip install tensorflow")
+    return pipeline
+
+
+class ArrayEpochSync(keras.callbacks.Callback):
+    """Sets a `keras_kdcap.data.ArrayImageDataset`'s epoch from Keras's, so resumed runs
+    see the same shuffles and augmentations as uninterrupted ones.
+
+    Args:
+        dataset: the training `ArrayImageDataset`.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        # on_epoch_end() moves to the next epoch and draws its order: land on `epoch`.
+        self.dataset.epoch = epoch - 1
+        self.dataset.on_epoch_end()
 
 
 @dataclasses.dataclass
@@ -26,6 +70,7 @@ class ExperimentData:
         num_train: training images.
         num_test: test images.
         source: where the images came from, in words.
+        pipeline: "tfdata" or "numpy".
     """
 
     train: Any
@@ -34,6 +79,22 @@ class ExperimentData:
     num_train: int
     num_test: int
     source: str
+    pipeline: str = "tfdata"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training batches per epoch."""
+        if self.pipeline == "numpy":
+            return len(self.train)
+        return int(self.train.cardinality())
+
+    def epoch_callbacks(self) -> list[keras.callbacks.Callback]:
+        """Callbacks that tie the training set's shuffle and augmentation to Keras's epoch."""
+        if self.pipeline == "numpy":
+            return [ArrayEpochSync(self.train)]
+        from keras_kdcap.data import EpochSync
+
+        return [EpochSync(self.train)]
 
 
 @functools.lru_cache(maxsize=2)
@@ -86,8 +147,15 @@ def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentDa
     Returns:
         The `ExperimentData`.
     """
-    from keras_kdcap.data import cifar100_datasets_from_arrays
+    pipeline = resolve_pipeline(config.pipeline)
+    if pipeline == "numpy":
+        from keras_kdcap.data.cifar import resolve_cifar100_source
 
+        if resolve_cifar100_source(config.data_dir)[0] != "npz":
+            raise UsageError(
+                "the NumPy pipeline reads the offline npz copy only: give --data_dir=<folder "
+                "with train.npz and test.npz>, or install tensorflow for tensorflow-datasets"
+            )
     (x_train, y_train), (x_test, y_test), where = load_arrays(config.data_dir)
     keep = _subset(y_train, config.per_class)
     if keep is not None:
@@ -97,6 +165,22 @@ def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentDa
         x_test, y_test = x_test[keep], y_test[keep]
     train, test = (x_train, y_train), (x_test, y_test)
     seed = config.seed if seed is None else seed
+    if pipeline == "numpy":
+        from keras_kdcap.data.arrays import ArrayImageDataset
+
+        return ExperimentData(
+            train=ArrayImageDataset(
+                x_train, y_train, config.batch_size, augment=True, shuffle=True, seed=seed
+            ),
+            train_eval=ArrayImageDataset(x_train, y_train, EVAL_BATCH_SIZE),
+            test=ArrayImageDataset(x_test, y_test, EVAL_BATCH_SIZE),
+            num_train=len(y_train),
+            num_test=len(y_test),
+            source=where,
+            pipeline=pipeline,
+        )
+    from keras_kdcap.data import cifar100_datasets_from_arrays
+
     # Whole batches only (one shape for XLA, no tiny BatchNorm batch), unless the
     # training set is smaller than one batch.
     drop = len(y_train) >= config.batch_size
@@ -126,4 +210,5 @@ def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentDa
         num_train=len(y_train),
         num_test=len(y_test),
         source=where,
+        pipeline=pipeline,
     )

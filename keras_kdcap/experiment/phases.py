@@ -117,6 +117,8 @@ def teacher_phase(
     teacher = get_model(config.teacher, NUM_CLASSES)
     board = tensorboard_callback(out / "tensorboard" / "teacher") if config.tensorboard else None
     callbacks = [board] if board is not None else []
+    if data.pipeline == "numpy":  # train_teacher syncs tf.data pipelines itself
+        callbacks = data.epoch_callbacks() + callbacks
     regt = (
         {"gamma": config.regt_gamma, "temperature": config.regt_temperature}
         if config.regt
@@ -215,8 +217,8 @@ def teacher_statistics(
 
     Returns:
         Dict with `train_accuracy`, `non_target` (one `non_target_stats` dict per
-        temperature), `tau_star` (summary) and `tau_star_values` (float64 `[N]`,
-        for the histogram; not written to JSON).
+        temperature), `tau_star` (summary), and for the histogram (not written to
+        JSON) `tau_star_values` (float64 `[N]`) and `teacher_correct` (bool `[N]`).
     """
     from keras_kdcap.analysis import non_target_stats, tau_star_stats
 
@@ -232,6 +234,7 @@ def teacher_statistics(
         ],
         "tau_star": {**summary, **search},
         "tau_star_values": np.asarray(tau["tau_star"], dtype=np.float64),
+        "teacher_correct": np.asarray(tau["correct"], dtype=bool),
     }
 
 
@@ -309,7 +312,6 @@ def student_phase(
 
     from keras_kdcap import Distiller
     from keras_kdcap.baselines.callbacks import PolicyEpochCallback
-    from keras_kdcap.data import EpochSync
     from keras_kdcap.models import get_model
     from keras_kdcap.training import apply_weight_decay, crd_schedule
 
@@ -336,7 +338,7 @@ def student_phase(
     apply_weight_decay(student, config.weight_decay)
     policy = prepare_policy(config, teacher, data)
     distiller = Distiller(teacher, student)
-    steps = int(data.train.cardinality())
+    steps = data.steps_per_epoch
     distiller.compile(
         optimizer=keras.optimizers.SGD(
             learning_rate=crd_schedule(lr, config.epochs, steps), momentum=0.9, nesterov=False
@@ -351,7 +353,7 @@ def student_phase(
     # Order matters: the CSV row is written before the backup, so an epoch is never
     # missing from the log (a repeated one is de-duplicated when reading it).
     callbacks = [
-        EpochSync(data.train),
+        *data.epoch_callbacks(),
         PolicyEpochCallback(),
         TestAccuracy(student, data.test, verbose=config.verbose > 0),
         keras.callbacks.CSVLogger(str(csv_path), append=True),

@@ -22,6 +22,7 @@ def plot_accuracy_curves(
         The path written.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     panels = [(title, h) for title, h in histories.items() if h.get("epoch")]
     figure = Figure(figsize=(5.0 * max(len(panels), 1), 3.6), layout="constrained")
@@ -31,6 +32,7 @@ def plot_accuracy_curves(
         for key, label in (("accuracy", "train"), ("val_accuracy", "test")):
             if key in history:
                 axes.plot(epochs, [100 * v for v in history[key]], "o-", label=label, ms=3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_ylabel("accuracy (%)")
         axes.set_title(title)
@@ -75,12 +77,17 @@ def write_plots(
     if statistics is not None:
         name = f"teacher {teacher.get('model', '')}"
         search = statistics["tau_star"]
+        tau, correct = statistics["tau_star_values"], statistics["teacher_correct"]
+        groups = {
+            f"classified right ({int(correct.sum())})": tau[correct],
+            f"misclassified: fallback ({int((~correct).sum())})": tau[~correct],
+        }
         written["tau_star_histogram"] = plot_tau_histogram(
-            {name: statistics["tau_star_values"]},
+            {label: values for label, values in groups.items() if len(values)},
             folder / "tau_star_histogram.png",
             min_temperature=search["min_temperature"],
             max_temperature=search["max_temperature"],
-            title="ISATS temperature tau* over the training set",
+            title=f"ISATS temperature tau* of {name} over the training set",
         )
         rows = [{"teacher": name, **row} for row in statistics["non_target"]]
         written["non_target_variance"] = plot_variance_vs_temperature(

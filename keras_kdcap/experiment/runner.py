@@ -109,6 +109,7 @@ def run_experiment(
         "student": student_section,
         "data": {
             "source": data.source,
+            "pipeline": data.pipeline,
             "num_train": data.num_train,
             "num_test": data.num_test,
             "per_class": config.per_class,
