@@ -201,10 +201,28 @@ def temperature_grid(min_temperature: float, max_temperature: float, num_candida
     )
 
 
+def _log_variance(scaled, labels):
+    """`log v(q)` of `softmax(scaled)` along the last axis, free of underflow: `[B, K]`.
+
+    With `m` the largest non-target entry of `scaled`, `L` its log-partition
+    and `r_c = exp(scaled_c - m)` (largest non-target entry 1), `q = exp(m - L) r`
+    and `log v(q) = 2 (m - L) + log v(r)`. Computing `v(q)` from float32
+    probabilities instead underflows to 0 at every temperature once the label
+    leads by more than about 44 * tau_max (a confident teacher), and the
+    arg-max then falls on the first grid point, `min_temperature`. `log 0 =
+    -inf` where `v(r) = 0` (equal non-target logits, C = 2).
+    """
+    mask = ops.expand_dims(target_mask(labels, scaled.shape[-1], dtype="bool"), 1)
+    log_total = ops.logsumexp(scaled, axis=-1)
+    top = ops.max(ops.where(mask, -float("inf"), scaled), axis=-1)
+    relative = ops.exp(ops.where(mask, 0.0, scaled - ops.expand_dims(top, -1)))
+    return 2.0 * (top - log_total) + ops.log(non_target_variance(relative, labels))
+
+
 def _variance_over_grid(logits, labels, grid):
-    """`v(q(x; tau))` for every sample and candidate: `[B, K]`."""
+    """`log v(q(x; tau))` for every sample and candidate: `[B, K]`."""
     scaled = ops.expand_dims(logits, 1) / ops.reshape(grid, (1, -1, 1))
-    return non_target_variance(ops.softmax(scaled, axis=-1), labels)
+    return _log_variance(scaled, labels)
 
 
 def isats_temperature(
@@ -251,7 +269,7 @@ def isats_temperature(
             + ops.expand_dims(log_hi - log_lo, -1) * ops.expand_dims(fractions, 0)
         )
         scaled = ops.expand_dims(logits, 1) / ops.expand_dims(local, -1)
-        local_variance = non_target_variance(ops.softmax(scaled, axis=-1), labels)
+        local_variance = _log_variance(scaled, labels)
         local_best = ops.argmax(local_variance, axis=-1)
         local_tau = ops.take_along_axis(local, ops.expand_dims(local_best, -1), axis=-1)[:, 0]
         local_value = ops.max(local_variance, axis=-1)
