@@ -8,6 +8,11 @@ process, after warm-up, in interleaved (round-robin) rounds:
 - `distill/<policy>`: the `keras_kdcap.Distiller` train step with that policy;
 - `distill/none` (diagnostic): the Distiller with its KD term replaced by 0
   (teacher forward, CE, metrics: the Distiller's plumbing without the policy);
+- `cached/kd`, `cached/none` (diagnostic): the same Distillers fed precomputed
+  teacher logits (`{"inputs": x, "teacher_logits": f}`): no teacher in the step,
+  so `cached/* / student` is the Distiller's own overhead and
+  `(distill/kd - cached/kd) / teacher` what the teacher costs inside the step
+  relative to its compiled inference;
 - `keras_distiller`: `keras.distillation.Distiller` with
   `LogitsDistillation(temperature=4, loss=KLDivergence())`, where Keras has it;
 - `isats_search` / `isats_brute_force`: `keras_kdcap.ops.isats_temperature`
@@ -116,6 +121,13 @@ flags.DEFINE_bool(
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("seed", 0, "Seed of the models and the batch.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "threads",
+    0,
+    "CPU threads of torch / TensorFlow (0: library default). 1 avoids OpenMP spinning on a "
+    "CPU shared with other jobs.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string(
     "output",
     None,
@@ -555,6 +567,12 @@ def ratio_rows(times: dict[str, list[float]], policies: Sequence[str]) -> dict[s
         )
     if "distill/none" in times:
         add("distill/none / (student + teacher)", times["distill/none"], limit, None)
+    for name in ("kd", "none"):
+        if f"cached/{name}" in times:
+            add(f"cached/{name} / student", times[f"cached/{name}"], times["student"], None)
+    if "cached/kd" in times and "distill/kd" in times:
+        in_step = [d - c for d, c in zip(times["distill/kd"], times["cached/kd"], strict=True)]
+        add("(distill/kd - cached/kd) / teacher", in_step, times["teacher"], None)
     if "distill/isats" in times and "distill/kd" in times:
         add(
             "distill/isats / distill/kd",
@@ -617,6 +635,14 @@ def bench_pair(
     runners.update(search)
     diagnostics: dict[str, Any] = {"isats_search_agreement": agreement}
     if cfg["diagnose"]:
+        # The same Distiller fed precomputed teacher logits: no teacher in the step.
+        cached_x = {"inputs": x, "teacher_logits": teacher_logits}
+        for name in ("kd", "none"):
+            distiller = Distiller(teacher, build_model(student_name, cfg["seed"]))
+            distiller.compile(
+                optimizer=_optimizer(), policy=make_policy(name, teacher), jit_compile=jit_compile
+            )
+            runners[f"cached/{name}"] = _common.StepRunner(distiller, cached_x, y, api=api)
         runners.update(kd_term_runners(cfg["policies"], teacher, teacher_logits, y, jit_compile))
         diagnostics["dtypes"] = dtype_check(cfg["policies"], teacher, cfg["batch_size"])
         diagnostics["teacher"] = teacher_check(variants)
@@ -708,11 +734,15 @@ def tables(results: dict[str, Any]) -> str:
         if counts and all(c.get("ops") is not None for c in counts.values()):
             base = counts["student"]["ops"] + counts["teacher"]["ops"]
             unit = counts["student"]["unit"]
-            rows = [[name, c["ops"], f"{c['ops'] - base:+d}"] for name, c in counts.items()]
+            syncs = all("host_syncs" in c for c in counts.values())
+            rows = [
+                [name, c["ops"], "-" if name in ("student", "teacher") else f"{c['ops'] - base:+d}"]
+                + ([c["host_syncs"]] if syncs else [])
+                for name, c in counts.items()
+            ]
+            headers = [f"variant ({unit})", "ops", "vs student + teacher"]
             parts.append("")
-            parts.append(
-                _common.markdown_table([f"variant ({unit})", "ops", "vs student + teacher"], rows)
-            )
+            parts.append(_common.markdown_table(headers + (["host syncs"] if syncs else []), rows))
     return "\n".join(parts)
 
 
@@ -727,7 +757,8 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     backend = keras.backend.backend()
     start = time.perf_counter()
-    environment = _common.environment()
+    threads = _common.set_threads(cfg["threads"])
+    environment = {**_common.environment(), "threading": threads}
     pairs = parse_pairs(cfg["pairs"])
     x, y = make_batch(cfg["batch_size"], cfg["seed"])
     if cfg["step_api"] == "auto":
@@ -800,6 +831,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "diagnose": FLAGS.diagnose,
         "op_counts": FLAGS.op_counts,
         "seed": FLAGS.seed,
+        "threads": FLAGS.threads,
         "output": output,
     }
 
