@@ -36,6 +36,14 @@ def split_cached(x):
     return x, None
 
 
+def _with_guard(callbacks):
+    """The user's callbacks with an `InputGuard` in front."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks.append(InputGuard())
+        return callbacks
+    return [InputGuard(), *(callbacks or [])]
+
+
 def _output_classes(model) -> int | None:
     try:
         shape = model.output_shape
@@ -244,6 +252,11 @@ class Distiller(keras.Model):
                 f"`teacher` gives {teacher_logits.shape[-1]} classes but `student` gives "
                 f"{num_classes}: both must predict the same classes."
             )
+        if num_classes < 2:
+            raise ValueError(
+                f"The student gives {num_classes} class(es): distillation needs C >= 2 "
+                "(a softmax over one class carries no knowledge)."
+            )
         labels = kd_ops.sparse_labels(y, num_classes)
 
         labels_ok = ops.logical_and(labels >= 0, labels < num_classes)
@@ -265,8 +278,9 @@ class Distiller(keras.Model):
         kd, probs, stats = self.policy.kd_loss(
             teacher_logits, student_logits, labels, self.temperature_scaling
         )
-        ce_loss = ops.sum(weights * ce) / batch_size
-        kd_loss = ops.sum(weights * kd) / batch_size
+        # divide_no_nan: a replica can get an empty last batch under tf.distribute.
+        ce_loss = ops.divide_no_nan(ops.sum(weights * ce), batch_size)
+        kd_loss = ops.divide_no_nan(ops.sum(weights * kd), batch_size)
         total = self.alpha * ce_loss + self.beta * kd_loss
         regularization = self.student.losses
         if regularization:
@@ -293,17 +307,18 @@ class Distiller(keras.Model):
         """
         self._check_compiled()
         check_fit_data(x, y, _output_classes(self.student), argument="x")
-        callbacks = [InputGuard(), *(callbacks or [])]
         with TeacherSnapshot(self):
-            return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+            return super().fit(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
 
     def evaluate(self, x=None, y=None, *args, callbacks=None, **kwargs):
         """`keras.Model.evaluate`, with the same input checks as `fit`."""
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            # the validation pass inside `fit`: its callbacks hold fit's guard already
+            return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
         self._check_compiled()
         check_fit_data(x, y, _output_classes(self.student), argument="x")
-        callbacks = [InputGuard(), *(callbacks or [])]
         with TeacherSnapshot(self):
-            return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
+            return super().evaluate(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
 
     def _check_compiled(self) -> None:
         if not self.compiled or self.policy is None:

@@ -120,9 +120,12 @@ def test_fit_lowers_the_loss_and_leaves_the_teacher_untouched(name, teacher, dat
     distiller.compile(
         keras.optimizers.SGD(0.1), policy=POLICIES[name](teacher, data), metrics=["accuracy"]
     )
-    history = distiller.fit(x, y, epochs=2, batch_size=16, verbose=0).history
+    history = distiller.fit(
+        x, y, epochs=2, batch_size=16, validation_data=(x, y), verbose=0
+    ).history
     assert history["loss"][1] < history["loss"][0]
-    expected = {"loss", "ce_loss", "kd_loss", "target_first", "accuracy"}
+    assert history["val_loss"][1] < history["val_loss"][0]
+    expected = {"loss", "ce_loss", "kd_loss", "target_first", "accuracy", "val_kd_loss"}
     expected |= set(distiller.policy.metric_names)
     assert expected <= set(history)
     for old, new in zip(before, teacher.weights, strict=True):
