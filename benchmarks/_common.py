@@ -324,6 +324,9 @@ class StepRunner:
                 return outputs
 
             return step
+        # torch: tensors on the default device once, as JAX's are, so that no
+        # step pays a host-to-device copy of the batch.
+        data = keras.tree.map_structure(keras.ops.convert_to_tensor, data)
         if self.kind == "train":
             return lambda: model.train_function([data])
         return lambda: model.predict_function([data])

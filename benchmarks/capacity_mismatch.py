@@ -188,6 +188,13 @@ flags.DEFINE_enum(
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "threads",
+    0,
+    "CPU threads of torch / TensorFlow (0: library default; 1 avoids OpenMP spinning on a "
+    "CPU shared with other jobs).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool(
     "smoke",
     False,
@@ -905,7 +912,8 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
         The results (also written to `cfg["output"]`).
     """
     start = time.perf_counter()
-    environment = _common.environment()
+    threads = _common.set_threads(cfg["threads"])
+    environment = {**_common.environment(), "threading": threads}
     cfg["teacher_dtype_policy"] = resolve_teacher_dtype(cfg["teacher_dtype_policy"])
     if cfg["backend_jax_cache"]:
         _enable_jax_cache(Path(cfg["cache_dir"]) / "jax_cache")
@@ -1084,6 +1092,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "jit_compile": {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
         "backend_jax_cache": True,
         "verbose": FLAGS.verbose,
+        "threads": FLAGS.threads,
         "smoke": FLAGS.smoke,
         "pipeline": resolve_pipeline(FLAGS.pipeline),
     }

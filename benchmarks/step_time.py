@@ -98,11 +98,13 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_enum(
     "step_api",
-    "auto",
+    "function",
     ["auto", *_common.STEP_APIS],
     "How steps are called: function (model.train_function / predict_function, as fit does), "
-    "on_batch (train_on_batch / predict_on_batch), or auto (time both on the student and "
-    "use the faster for every variant).",
+    "on_batch (train_on_batch / predict_on_batch), or auto (time both on the student, record "
+    "both, use the faster for every variant). on_batch's per-call costs (metric resets, logs "
+    "to Python, on JAX a write-back of every variable) grow with the model's state and so "
+    "weigh on the Distiller, which carries the teacher's variables.",
     flag_values=FLAGS,
 )
 flags.DEFINE_bool(
