@@ -315,15 +315,20 @@ def make_batch(batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------ ISATS search
-def brute_force_search(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def brute_force_search(
+    logits: np.ndarray, labels: np.ndarray, return_values: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ISATS's grid arg-max, one sample and one candidate at a time, in float64 NumPy.
 
     Args:
         logits: `[B, C]` teacher logits.
         labels: `[B]` labels.
+        return_values: also return the grid and the variance of every
+            sample at every candidate.
 
     Returns:
-        float64 `[B]` temperatures.
+        float64 `[B]` temperatures; with `return_values`, `(tau, grid [K],
+        variance [B, K])`.
     """
     grid = np.exp(
         np.linspace(
@@ -333,16 +338,37 @@ def brute_force_search(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         )
     )
     logits = np.asarray(logits, np.float64)
-    best = np.empty(len(logits))
+    values = np.empty((len(logits), len(grid)))
     for i, (row, label) in enumerate(zip(logits, labels, strict=True)):
-        values = []
-        for tau in grid:
+        for j, tau in enumerate(grid):
             z = row / tau
             p = np.exp(z - z.max())
             p /= p.sum()
-            values.append(np.var(np.delete(p, label)))
-        best[i] = grid[int(np.argmax(values))]
-    return best
+            values[i, j] = np.var(np.delete(p, label))
+    best = grid[np.argmax(values, axis=1)]
+    return (best, grid, values) if return_values else best
+
+
+def search_agreement(fast: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples where the compiled search found the grid's maximum.
+
+    A sample agrees when the temperature is the float64 arg-max, or a grid
+    point whose float64 variance is within 1e-5 (relative) of the maximum: a
+    tie that float32 cannot resolve (flat, untrained teachers produce them).
+
+    Args:
+        fast: `[B]` temperatures of `isats_temperature`.
+        logits: `[B, C]` teacher logits.
+        labels: `[B]` labels.
+
+    Returns:
+        A fraction in [0, 1].
+    """
+    _, grid, values = brute_force_search(logits, labels, return_values=True)
+    index = np.argmin(np.abs(np.log(grid)[None, :] - np.log(fast)[:, None]), axis=1)
+    picked = values[np.arange(len(values)), index]
+    best = values.max(axis=1)
+    return float(np.mean(picked >= best * (1.0 - 1e-5)))
 
 
 def search_runners(
@@ -356,8 +382,7 @@ def search_runners(
         jit_compile: compile the search with the backend's compiler.
 
     Returns:
-        `(runners, agreement)`: the two runners and the fraction of samples
-        whose temperatures agree (relative 1e-4).
+        `(runners, agreement)`: the two runners and `search_agreement`.
     """
     logits_t = ops.convert_to_tensor(teacher_logits)
     labels_t = ops.convert_to_tensor(labels)
@@ -367,8 +392,7 @@ def search_runners(
 
     compiled = _common.compile_function(search, jit_compile)
     fast = np.asarray(ops.convert_to_numpy(compiled(logits_t, labels_t)), np.float64)
-    slow = brute_force_search(teacher_logits, labels)
-    agreement = float(np.mean(np.isclose(fast, slow, rtol=1e-4)))
+    agreement = search_agreement(fast, teacher_logits, labels)
     runners = {
         "isats_search": _common.CallableRunner(lambda: compiled(logits_t, labels_t)),
         "isats_brute_force": _common.CallableRunner(
