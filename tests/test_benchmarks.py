@@ -40,6 +40,19 @@ def capacity():
     return _load("capacity_mismatch")
 
 
+@pytest.fixture
+def one_thread():
+    """`--threads=1` in the scripts, and torch's thread count restored afterwards."""
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _data_dir() -> Path:
     env = os.environ.get("KDCAP_CIFAR100_DIR")
     return Path(env) if env else REPO.parent / "shared" / "data" / "cifar100"
@@ -96,7 +109,7 @@ def test_diagnostics(step_time):
     assert check["trainable"] == check["student_trainable"] and check["teacher_trainable"] == 0
 
 
-def test_step_time_tiny(step_time, tmp_path):
+def test_step_time_tiny(step_time, tmp_path, one_thread):
     output = tmp_path / "step_time.json"
     argv = [
         "step_time",
@@ -108,6 +121,7 @@ def test_step_time_tiny(step_time, tmp_path):
         "--jit_compile=" + ("true" if keras.backend.backend() == "jax" else "false"),
         "--step_api=function",
         "--nodiagnose",
+        "--threads=1",
         f"--output={output}",
     ]
     returned = step_time.main(argv)
@@ -147,7 +161,7 @@ def test_step_time_tiny(step_time, tmp_path):
     assert returned["pairs"][0]["ratios"].keys() == ratios.keys()
 
 
-def test_capacity_mismatch_tiny(capacity, tmp_path):
+def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
     if not (_data_dir() / "train.npz").is_file():
         pytest.skip(f"offline CIFAR-100 not found at {_data_dir()} (set KDCAP_CIFAR100_DIR)")
     output = tmp_path / "capacity.json"
@@ -168,6 +182,7 @@ def test_capacity_mismatch_tiny(capacity, tmp_path):
         "--seeds=0",
         "--methods=ce,isats",
         "--teacher_dtype_policy=float32",
+        "--threads=1",
     ]
     returned = capacity.main(argv)
     results = json.loads(output.read_text())
