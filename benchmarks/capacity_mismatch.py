@@ -60,6 +60,7 @@ import _common  # noqa: E402
 
 from keras_kdcap import ATS, FGCR, ISATS, Distiller, FixedTemperature  # noqa: E402
 from keras_kdcap.analysis import non_target_stats  # noqa: E402
+from keras_kdcap.baselines.callbacks import PolicyEpochCallback  # noqa: E402
 from keras_kdcap.data import (  # noqa: E402
     ArrayImageDataset,
     cifar100_datasets_from_arrays,
@@ -68,6 +69,7 @@ from keras_kdcap.data import (  # noqa: E402
 )
 from keras_kdcap.models import count_params  # noqa: E402
 from keras_kdcap.ops import label_ranked_first  # noqa: E402
+from keras_kdcap.policies import get_policy, get_policy_names  # noqa: E402
 from keras_kdcap.training import (  # noqa: E402
     build_teacher,
     crd_schedule,
@@ -79,7 +81,10 @@ DEFAULT_DATA_DIR = os.environ.get("KDCAP_CIFAR100_DIR") or str(
     _common.REPO.parent / "shared" / "data" / "cifar100"
 )
 DEFAULT_CACHE_DIR = str(_common.REPO / "runs" / "capacity_mismatch")
+#: the policies of keras_kdcap.policies.get_policy_names() beyond these run by name too
+#: (dkd, ls, ctkd, sckd: their defaults, alpha 0.1 / beta 0.9, DKD alpha = beta = 1).
 METHODS = ("ce", "kd", "ats", "fgcr", "isats", "regt_kd")
+EXTRA_METHODS = tuple(n for n in get_policy_names() if n not in METHODS)
 #: methods distilled from both the small and the large teacher.
 TEACHER_METHODS = ("kd", "ats", "fgcr", "isats")
 #: settings `--smoke` imposes (a couple of minutes on a CPU).
@@ -554,6 +559,15 @@ def method_setup(method: str, cfg: dict[str, Any], isats: dict[str, Any]) -> dic
             "description": f"ratio {isats['target_ratio']}, fallback {isats['fallback']}, "
             f"grid {isats['grid']}, student T = tau*, alpha 0.1, beta 0.9",
         }
+    if method in EXTRA_METHODS:
+        weights = (1.0, 1.0) if method == "dkd" else (0.1, 0.9)
+        return {
+            "policy": get_policy(method),
+            "alpha": weights[0],
+            "beta": weights[1],
+            "temperature_scaling": True,
+            "description": f"{method} with its defaults, alpha {weights[0]}, beta {weights[1]}",
+        }
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -682,7 +696,13 @@ def train_student(
             ds = cached.dataset(data, seed, epoch)
         else:
             ds = data.train_epoch(seed, epoch)
-        history = model.fit(ds, initial_epoch=epoch, epochs=epoch + 1, verbose=cfg["verbose"])
+        history = model.fit(
+            ds,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            verbose=cfg["verbose"],
+            callbacks=[PolicyEpochCallback()] if method != "ce" else None,
+        )
         last_logs = {k: float(v[-1]) for k, v in history.history.items()}
         if epoch + 1 in eval_epochs:
             for split in eval_splits:
@@ -775,7 +795,7 @@ def plan(cfg: dict[str, Any]) -> list[tuple[str, str | None]]:
     if "ce" in cfg["methods"]:
         runs.append(("ce", None))
     for role in ("small", "large"):
-        runs += [(m, role) for m in TEACHER_METHODS if m in cfg["methods"]]
+        runs += [(m, role) for m in TEACHER_METHODS + EXTRA_METHODS if m in cfg["methods"]]
     if "regt_kd" in cfg["methods"]:
         runs.append(("regt_kd", "large_regt"))
     return runs
@@ -980,7 +1000,10 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
                     cached = cache[role]
                 label = f"{method}" + (f" <- {role}" if role else "")
                 print(f"[student seed {seed}] {label}", flush=True)
-                run = train_student(method, teachers.get(role), cached, data, seed, cfg, isats)
+                splits = ("val", "test") if data.sizes()["val"] else ("test",)
+                run = train_student(
+                    method, teachers.get(role), cached, data, seed, cfg, isats, splits
+                )
                 run["teacher"] = role
                 run["logits_seconds"] = logits_seconds
                 runs.append(run)
@@ -1048,9 +1071,11 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
     """
     backend = keras.backend.backend()
     methods = _common.parse_list(FLAGS.methods)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS + EXTRA_METHODS]
     if unknown or not methods:
-        raise app.UsageError(f"--methods: unknown {unknown}; choose from {METHODS}.")
+        raise app.UsageError(
+            f"--methods: unknown {unknown}; choose from {METHODS + EXTRA_METHODS}."
+        )
     cfg: dict[str, Any] = {
         "argv": list(argv),
         "data_dir": FLAGS.data_dir,
