@@ -271,10 +271,7 @@ class Distiller(keras.Model):
             weights = weights * ops.reshape(sample_weight, (-1,))
         batch_size = ops.cast(ops.shape(student_logits)[0], "float32")
 
-        ce = -ops.sum(
-            ops.log_softmax(student_logits, axis=-1) * kd_ops.target_mask(labels, num_classes),
-            axis=-1,
-        )
+        ce = ops.sparse_categorical_crossentropy(labels, student_logits, from_logits=True)
         kd, probs, stats = self.policy.kd_loss(
             teacher_logits, student_logits, labels, self.temperature_scaling
         )

@@ -93,7 +93,10 @@ def target_mask(labels, num_classes: int, dtype: str = "float32"):
     Returns:
         `[B, C]` tensor, 1 at the label and 0 elsewhere.
     """
-    return ops.one_hot(labels, num_classes, dtype=dtype)
+    # a comparison, not ops.one_hot: torch's one_hot reads values back to the
+    # host (a device sync per call on a GPU).
+    mask = ops.expand_dims(labels, -1) == ops.arange(num_classes, dtype=labels.dtype)
+    return mask if dtype == "bool" else ops.cast(mask, dtype)
 
 
 def tempered_softmax(logits, temperature):
