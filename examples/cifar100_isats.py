@@ -17,27 +17,15 @@ every flag.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-@contextlib.contextmanager
-def _quiet_native_startup():
-    """Hides C++ start-up lines of TensorFlow (they ignore TF_CPP_MIN_LOG_LEVEL)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+from _startup import quiet_native_startup  # noqa: E402
 
-
-with _quiet_native_startup():
+with quiet_native_startup():
     from keras_kdcap.experiment import cli, format_summary, run_experiment
 
 
