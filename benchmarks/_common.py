@@ -188,6 +188,39 @@ def parse_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def parse_flags(flag_values: Any, argv: Sequence[str]) -> None:
+    """Parses a script's own `FlagValues` from `argv` (program name first), anew.
+
+    Args:
+        flag_values: the script's `absl.flags.FlagValues`.
+        argv: the command line.
+    """
+    from absl import app
+
+    flag_values.unparse_flags()
+    rest = flag_values(list(argv))
+    if len(rest) > 1:
+        raise app.UsageError(f"unexpected arguments: {rest[1:]}")
+
+
+def run_as_script(flag_values: Any, run: Callable[[Sequence[str]], Any]) -> None:
+    """Runs `run(sys.argv)` under `absl.app.run` with the script's flags registered.
+
+    Args:
+        flag_values: the script's `absl.flags.FlagValues` (parsed by `app.run`).
+        run: called with the command line once the flags are parsed.
+    """
+    from absl import app, flags
+
+    flags.FLAGS.append_flag_values(flag_values)
+
+    def _main(argv: Sequence[str]) -> None:
+        flag_values.mark_as_parsed()
+        run(sys.argv)
+
+    app.run(_main)
+
+
 # ------------------------------------------------------------------ synchronising
 def block(value: Any) -> Any:
     """Waits until every tensor in `value` is computed (asynchronous backends).

@@ -1146,18 +1146,9 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     Returns:
         The results dict (also written to the JSON file).
     """
-    FLAGS.unparse_flags()
-    rest = FLAGS(list(argv))
-    if len(rest) > 1:
-        raise app.UsageError(f"unexpected arguments: {rest[1:]}")
+    _common.parse_flags(FLAGS, argv)
     return run_benchmark(config_from_flags(argv))
 
 
-def _cli(argv: Sequence[str]) -> None:
-    FLAGS.mark_as_parsed()
-    run_benchmark(config_from_flags(sys.argv))
-
-
 if __name__ == "__main__":
-    flags.FLAGS.append_flag_values(FLAGS)
-    app.run(_cli)
+    _common.run_as_script(FLAGS, lambda argv: run_benchmark(config_from_flags(argv)))

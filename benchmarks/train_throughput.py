@@ -8,7 +8,6 @@ after warm-up, and prints a markdown table and writes JSON.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -80,33 +79,39 @@ def images_per_second(name: str, batch_size: int, steps: int, repeats: int, warm
 
 
 def main(argv: Sequence[str]) -> dict:
-    """Runs the benchmark, prints the table and writes the JSON."""
-    FLAGS(list(argv))
+    """Runs the benchmark, prints the table and writes the JSON.
+
+    Args:
+        argv: command line, program name first.
+
+    Returns:
+        The results dict (also written to the JSON file).
+    """
+    _common.parse_flags(FLAGS, argv)
     backend = keras.backend.backend()
     rows = [
         images_per_second(m, FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.warmup)
         for m in _common.parse_list(FLAGS.models)
     ]
-    table = ["| model | backend | images/s | s/step |", "|---|---|---|---|"]
-    table += [
-        f"| {r['model']} | {backend} | {r['images_per_second']:.1f} | {r['seconds_per_step']:.3f} |"
-        for r in rows
-    ]
-    print("\n".join(table))
+    table = _common.markdown_table(
+        ["model", "backend", "images/s", "s/step"],
+        [
+            [r["model"], backend, f"{r['images_per_second']:.1f}", f"{r['seconds_per_step']:.3f}"]
+            for r in rows
+        ],
+    )
+    print(table)
     result = {
         "benchmark": "train_throughput",
         "environment": _common.environment(),
         "batch_size": FLAGS.batch_size,
         "rows": rows,
-        "markdown": "\n".join(table),
+        "markdown": table,
     }
-    output = Path(
-        FLAGS.output or Path(__file__).parent / "results" / f"train_throughput_{backend}.json"
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
+    default = Path(__file__).parent / "results" / f"train_throughput_{backend}.json"
+    _common.write_json(FLAGS.output or default, result)
     return result
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    _common.run_as_script(FLAGS, main)
