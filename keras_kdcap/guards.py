@@ -29,13 +29,11 @@ def check_fit_data(x, y, num_classes: int | None, argument: str = "x") -> None:
             label array whose shape fits neither sparse nor one-hot labels.
     """
     if _is_tf_dataset(x):
-        tf = sys.modules["tensorflow"]
         if int(x.cardinality()) == 0:
             raise ValueError(
                 f"`{argument}` is an empty tf.data.Dataset (cardinality 0): "
                 "check the input files and any `take`/`filter` in the pipeline."
             )
-        del tf
         return
     if isinstance(x, keras.utils.PyDataset):
         try:

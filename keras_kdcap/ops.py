@@ -12,7 +12,6 @@ import math
 
 from keras import ops
 
-_EPSILON = 1e-12
 #: the capped target logit `f_y / tau1` is kept this factor above `m / tau2`,
 #: so that the label stays strictly first after float32 rounding.
 _CAP_MARGIN = 1.0 + 1e-3
