@@ -116,13 +116,13 @@ flags.DEFINE_string("tag", None, "Result name: capacity_mismatch_<tag>.json.", f
 flags.DEFINE_string("output", None, "JSON path (overrides --tag).", flag_values=FLAGS)
 flags.DEFINE_string("student", "resnet8", "Student zoo model.", flag_values=FLAGS)
 flags.DEFINE_string("small_teacher", "resnet14", "Small teacher zoo model.", flag_values=FLAGS)
-flags.DEFINE_string("large_teacher", "resnet56", "Large teacher zoo model.", flag_values=FLAGS)
+flags.DEFINE_string("large_teacher", "resnet32", "Large teacher zoo model.", flag_values=FLAGS)
 flags.DEFINE_integer("per_class", 20, "Training images per class (500 = all).", flag_values=FLAGS)
 flags.DEFINE_integer(
     "val_per_class", 10, "Validation images per class, from the training split.", flag_values=FLAGS
 )
 flags.DEFINE_integer("test_per_class", 0, "Test images per class (0 = all 100).", flag_values=FLAGS)
-flags.DEFINE_integer("teacher_epochs", 100, "Teacher training epochs.", flag_values=FLAGS)
+flags.DEFINE_integer("teacher_epochs", 80, "Teacher training epochs.", flag_values=FLAGS)
 flags.DEFINE_float("teacher_lr", 0.05, "Teacher initial learning rate.", flag_values=FLAGS)
 flags.DEFINE_float(
     "teacher_weight_decay",
@@ -138,9 +138,16 @@ flags.DEFINE_string(
     "TensorFlow CPU (2.5x faster there), float32 otherwise.",
     flag_values=FLAGS,
 )
+flags.DEFINE_string(
+    "student_dtype_policy",
+    "auto",
+    "Keras dtype policy of the students (logits and losses stay float32); auto: as "
+    "--teacher_dtype_policy.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_float("regt_gamma", 0.1, "RegT teacher: gamma.", flag_values=FLAGS)
 flags.DEFINE_float("regt_temperature", 4.0, "RegT teacher: tau_r.", flag_values=FLAGS)
-flags.DEFINE_integer("epochs", 40, "Student epochs.", flag_values=FLAGS)
+flags.DEFINE_integer("epochs", 30, "Student epochs.", flag_values=FLAGS)
 flags.DEFINE_float("lr", 0.05, "Student initial learning rate.", flag_values=FLAGS)
 flags.DEFINE_float("weight_decay", 5e-4, "Student PyTorch-style weight decay.", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 64, "Batch size (teachers and students).", flag_values=FLAGS)
@@ -159,12 +166,10 @@ flags.DEFINE_string(
 )
 flags.DEFINE_bool("tune", False, "Tune ISATS on the validation split first.", flag_values=FLAGS)
 flags.DEFINE_bool("tune_only", False, "Stop after tuning.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "tune_target_ratios", "1.5,2,3", "Tuning grid: target_ratio.", flag_values=FLAGS
-)
+flags.DEFINE_string("tune_target_ratios", "1,2,3", "Tuning grid: target_ratio.", flag_values=FLAGS)
 flags.DEFINE_string("tune_fallbacks", "2,4", "Tuning grid: fallback T.", flag_values=FLAGS)
 flags.DEFINE_string(
-    "tune_grids", "0.5:20:32,1:10:16", "Tuning grid: search grids min:max:K.", flag_values=FLAGS
+    "tune_grids", "0.5:20:32", "Tuning grid: search grids min:max:K.", flag_values=FLAGS
 )
 flags.DEFINE_string("tune_seeds", "0", "Seeds of the tuning runs.", flag_values=FLAGS)
 flags.DEFINE_enum(
@@ -353,8 +358,8 @@ class DtypePolicyScope:
         keras.config.set_dtype_policy(self.previous)
 
 
-def resolve_teacher_dtype(choice: str) -> str:
-    """`auto` -> mixed_bfloat16 on a TensorFlow CPU, float32 elsewhere.
+def resolve_dtype_policy(choice: str) -> str:
+    """`auto` -> mixed_bfloat16 on a TensorFlow CPU, float32 elsewhere (teachers and students).
 
     Args:
         choice: the flag value.
@@ -658,7 +663,8 @@ def train_student(
     """
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
-    student = build_teacher(cfg["student"], NUM_CLASSES, weight_decay=cfg["weight_decay"])
+    with DtypePolicyScope(cfg["student_dtype_policy"]):
+        student = build_teacher(cfg["student"], NUM_CLASSES, weight_decay=cfg["weight_decay"])
     schedule = crd_schedule(cfg["lr"], cfg["epochs"], data.steps_per_epoch)
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
     record: dict[str, Any] = {"method": method, "seed": seed}
@@ -934,7 +940,8 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     threads = _common.set_threads(cfg["threads"])
     environment = {**_common.environment(), "threading": threads}
-    cfg["teacher_dtype_policy"] = resolve_teacher_dtype(cfg["teacher_dtype_policy"])
+    cfg["teacher_dtype_policy"] = resolve_dtype_policy(cfg["teacher_dtype_policy"])
+    cfg["student_dtype_policy"] = resolve_dtype_policy(cfg["student_dtype_policy"])
     if cfg["backend_jax_cache"]:
         _enable_jax_cache(Path(cfg["cache_dir"]) / "jax_cache")
     data = Data(
@@ -982,11 +989,31 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
         "grid": cfg["isats_grid"],
     }
     tuning = None
+    runs: list[dict[str, Any]] = []
+
+    def assemble(complete: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "capacity_mismatch",
+            "complete": complete,
+            "command": " ".join(cfg["argv"]),
+            "environment": environment,
+            "config": {k: v for k, v in cfg.items() if k != "argv"},
+            "data": data.sizes(),
+            "isats_settings": isats,
+            "teachers": reports,
+            "mismatch_check": mismatch,
+            "tuning": tuning,
+            "runs": runs,
+            "table": summarize_runs(runs, reports),
+            "timings": {**timings, "total_seconds": time.perf_counter() - start},
+            "load_average_end": _common.load_average(),
+        }
+
     if cfg["tune"]:
         tuning = run_tuning(data, teachers, cfg)
         isats = {k: tuning["choice"][k] for k in ("target_ratio", "fallback", "grid")}
         timings["tuning_seconds"] = time.perf_counter() - start - sum(timings.values())
-    runs: list[dict[str, Any]] = []
+        _common.write_json(cfg["output"], assemble(complete=False))
     if not cfg["tune_only"]:
         use_cache = cache_fits(data, cfg)
         for seed in cfg["seeds"]:
@@ -1012,21 +1039,9 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
                     f"{100 * run['test_best']:.2f}  ({run['seconds']:.0f} s)",
                     flush=True,
                 )
-    results = {
-        "benchmark": "capacity_mismatch",
-        "command": " ".join(cfg["argv"]),
-        "environment": environment,
-        "config": {k: v for k, v in cfg.items() if k != "argv"},
-        "data": data.sizes(),
-        "isats_settings": isats,
-        "teachers": reports,
-        "mismatch_check": mismatch,
-        "tuning": tuning,
-        "runs": runs,
-        "table": summarize_runs(runs, reports),
-        "timings": {**timings, "total_seconds": time.perf_counter() - start},
-        "load_average_end": _common.load_average(),
-    }
+                # a partial record after every run: a long run cut short keeps its results
+                _common.write_json(cfg["output"], assemble(complete=False))
+    results = assemble(complete=True)
     text = tables(results)
     results["markdown"] = text
     print(text)
@@ -1091,6 +1106,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "teacher_weight_decay": FLAGS.teacher_weight_decay,
         "teacher_augment": FLAGS.teacher_augment,
         "teacher_dtype_policy": FLAGS.teacher_dtype_policy,
+        "student_dtype_policy": FLAGS.student_dtype_policy,
         "regt_gamma": FLAGS.regt_gamma,
         "regt_temperature": FLAGS.regt_temperature,
         "epochs": FLAGS.epochs,

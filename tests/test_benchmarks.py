@@ -188,6 +188,7 @@ def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
     returned = capacity.main(argv)
     results = json.loads(output.read_text())
     assert results["benchmark"] == "capacity_mismatch"
+    assert results["complete"] is True  # partial records (after each run) say False
     assert results["data"] == {"train": 100, "val": 100, "test": 100}
     assert set(results["teachers"]) == {"small", "large"}
     for teacher in results["teachers"].values():
