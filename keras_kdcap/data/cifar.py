@@ -11,8 +11,7 @@ import numpy as np
 from keras_kdcap.data.augment import cifar_augment, normalize
 from keras_kdcap.data.pipeline import (
     array_loader,
-    eval_dataset,
-    indexed_train_dataset,
+    indexed_datasets,
     stratified_indices,
 )
 
@@ -214,11 +213,15 @@ def cifar100_datasets_from_arrays(
             image = cifar_augment(image, seed_pair)
         return normalize(image, CIFAR100_MEAN, CIFAR100_STD)
 
-    train_ds = indexed_train_dataset(
-        len(x_train),
-        array_loader(x_train, y_train),
-        train_map,
+    return indexed_datasets(
+        (len(x_train), array_loader(x_train, y_train), train_map),
+        (
+            len(x_test),
+            array_loader(x_test, y_test),
+            lambda image: normalize(image, CIFAR100_MEAN, CIFAR100_STD),
+        ),
         batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
         seed=seed,
         shuffle=shuffle,
         drop_remainder=drop_remainder,
@@ -226,11 +229,3 @@ def cifar100_datasets_from_arrays(
         epoch=epoch,
         deterministic=deterministic,
     )
-    test_ds = eval_dataset(
-        len(x_test),
-        array_loader(x_test, y_test),
-        lambda image: normalize(image, CIFAR100_MEAN, CIFAR100_STD),
-        batch_size=eval_batch_size or batch_size,
-        deterministic=deterministic,
-    )
-    return train_ds, test_ds

@@ -277,6 +277,37 @@ def eval_dataset(
     return _finish(ds, batch_size, False, num_examples, deterministic)
 
 
+def indexed_datasets(
+    train: tuple[int, LoadFn, MapFn],
+    evaluation: tuple[int, LoadFn, Callable[[Tensor], Tensor]],
+    *,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    **train_options: Any,
+) -> tuple[Any, Any]:
+    """A training pipeline and an evaluation pipeline over index-loadable examples.
+
+    Args:
+        train: ``(num_examples, load_fn, map_fn)`` of :func:`indexed_train_dataset`.
+        evaluation: ``(num_examples, load_fn, preprocess_fn)`` of :func:`eval_dataset`.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size (default: ``batch_size``).
+        **train_options: the keyword options of :func:`indexed_train_dataset`
+            (``seed``, ``shuffle``, ``drop_remainder``, ``initial_epoch``,
+            ``epoch``, ``deterministic``; ``deterministic`` applies to both).
+
+    Returns:
+        ``(train_ds, eval_ds)``.
+    """
+    train_ds = indexed_train_dataset(*train, batch_size=batch_size, **train_options)
+    eval_ds = eval_dataset(
+        *evaluation,
+        batch_size=eval_batch_size or batch_size,
+        deterministic=train_options.get("deterministic", True),
+    )
+    return train_ds, eval_ds
+
+
 def streaming_eval_dataset(
     source: Any,
     preprocess_fn: Callable[[Tensor], Tensor],

@@ -17,7 +17,7 @@ import numpy as np
 from keras_kdcap.data._deps import import_tensorflow
 from keras_kdcap.data.augment import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_crop_flip
 from keras_kdcap.data.augment import resize_square as _resize_square
-from keras_kdcap.data.pipeline import eval_dataset, indexed_train_dataset, stratified_indices
+from keras_kdcap.data.pipeline import indexed_datasets, stratified_indices
 
 _LAYOUT = "wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and val/val_annotations.txt"
 
@@ -140,11 +140,15 @@ def tiny_imagenet_datasets(
             image = _resize_square(image, image_size)
         return normalize(image, mean, std)
 
-    train_ds = indexed_train_dataset(
-        len(train_paths),
-        _file_loader(train_paths, train_labels),
-        train_map,
+    return indexed_datasets(
+        (len(train_paths), _file_loader(train_paths, train_labels), train_map),
+        (
+            len(val_paths),
+            _file_loader(val_paths, val_labels),
+            lambda image: normalize(_resize_square(image, image_size), mean, std),
+        ),
         batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
         seed=seed,
         shuffle=shuffle,
         drop_remainder=drop_remainder,
@@ -152,11 +156,3 @@ def tiny_imagenet_datasets(
         epoch=epoch,
         deterministic=deterministic,
     )
-    val_ds = eval_dataset(
-        len(val_paths),
-        _file_loader(val_paths, val_labels),
-        lambda image: normalize(_resize_square(image, image_size), mean, std),
-        batch_size=eval_batch_size or batch_size,
-        deterministic=deterministic,
-    )
-    return train_ds, val_ds
