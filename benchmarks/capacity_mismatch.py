@@ -24,9 +24,10 @@ Protocol:
    the large teacher, and `regt_kd` (KD from the RegT-trained large teacher).
    Teacher logits of every augmented epoch are computed once per
    (teacher, seed) and reused by all methods (`--teacher_logits`).
-4. `--tune`: a small grid of ISATS settings (target_ratio x fallback x
-   search grid), distilled from the large teacher, scored by validation
-   accuracy; the choice is recorded and used for the main runs.
+4. `--tune`: ISATS settings (target_ratio, fallback, search grid, student
+   temperature; by default the `--isats_*` settings and each factor moved
+   alone), distilled from the large teacher, scored by validation accuracy;
+   the choice is recorded and used for the main runs.
 
     python benchmarks/capacity_mismatch.py --smoke            # ~2 minutes on a CPU
     python benchmarks/capacity_mismatch.py                    # CPU scale, ~90 minutes
@@ -103,6 +104,7 @@ SMOKE = {
     "tune_target_ratios": [1.5, 2.0],
     "tune_fallbacks": [4.0],
     "tune_grids": ["0.5:20:32"],
+    "tune_student_temperatures": ["tau"],
 }
 
 FLAGS = flags.FlagValues()
@@ -164,12 +166,32 @@ flags.DEFINE_float("isats_fallback", 4.0, "ISATS: misclassified samples' T.", fl
 flags.DEFINE_string(
     "isats_grid", "0.5:20:32", "ISATS search grid min:max:candidates.", flag_values=FLAGS
 )
+flags.DEFINE_string(
+    "isats_student_temperature",
+    "tau",
+    "ISATS: the student's temperature, `tau` (tau2 = tau* per sample) or a number.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool("tune", False, "Tune ISATS on the validation split first.", flag_values=FLAGS)
 flags.DEFINE_bool("tune_only", False, "Stop after tuning.", flag_values=FLAGS)
 flags.DEFINE_string("tune_target_ratios", "1,2,3", "Tuning grid: target_ratio.", flag_values=FLAGS)
 flags.DEFINE_string("tune_fallbacks", "2,4", "Tuning grid: fallback T.", flag_values=FLAGS)
 flags.DEFINE_string(
-    "tune_grids", "0.5:20:32", "Tuning grid: search grids min:max:K.", flag_values=FLAGS
+    "tune_grids", "0.5:20:32,1:10:16", "Tuning grid: search grids min:max:K.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "tune_student_temperatures",
+    "tau,4",
+    "Tuning grid: student temperature (`tau` or numbers).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    "tune_mode",
+    "sweep",
+    ["sweep", "grid"],
+    "sweep: the --isats_* settings plus one factor changed at a time to each of its "
+    "tuning values (1 + sum of (values - 1) runs); grid: every combination.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string("tune_seeds", "0", "Seeds of the tuning runs.", flag_values=FLAGS)
 flags.DEFINE_enum(
@@ -551,9 +573,11 @@ def method_setup(method: str, cfg: dict[str, Any], isats: dict[str, Any]) -> dic
             "description": f"w {cfg['fgcr_weight']}, T={t}, class-mean relations",
         }
     if method == "isats":
+        student_t = isats.get("student_temperature", "tau")
         policy = ISATS(
             target_ratio=isats["target_ratio"],
             fallback_temperature=isats["fallback"],
+            student_temperature=None if student_t == "tau" else student_t,
             **parse_grid(isats["grid"]),
         )
         return {
@@ -562,7 +586,8 @@ def method_setup(method: str, cfg: dict[str, Any], isats: dict[str, Any]) -> dic
             "beta": 0.9,
             "temperature_scaling": True,
             "description": f"ratio {isats['target_ratio']}, fallback {isats['fallback']}, "
-            f"grid {isats['grid']}, student T = tau*, alpha 0.1, beta 0.9",
+            f"grid {isats['grid']}, student T = "
+            f"{'tau*' if student_t == 'tau' else student_t}, alpha 0.1, beta 0.9",
         }
     if method in EXTRA_METHODS:
         weights = (1.0, 1.0) if method == "dkd" else (0.1, 0.9)
@@ -751,10 +776,7 @@ def run_tuning(data: Data, teachers: dict[str, keras.Model], cfg: dict[str, Any]
         cached = (
             TeacherLogits(teacher, data, seed, cfg["epochs"]) if cache_fits(data, cfg) else None
         )
-        for ratio, fallback, grid in itertools.product(
-            cfg["tune_target_ratios"], cfg["tune_fallbacks"], cfg["tune_grids"]
-        ):
-            settings = {"target_ratio": ratio, "fallback": fallback, "grid": grid}
+        for settings in tuning_trials(cfg):
             print(f"[tune] seed {seed} ISATS {settings}", flush=True)
             run = train_student("isats", teacher, cached, data, seed, cfg, settings, ("val",))
             trials.append(
@@ -769,23 +791,53 @@ def run_tuning(data: Data, teachers: dict[str, keras.Model], cfg: dict[str, Any]
             )
     scores: dict[tuple, list[float]] = {}
     for trial in trials:
-        scores.setdefault((trial["target_ratio"], trial["fallback"], trial["grid"]), []).append(
-            trial["val_last"]
-        )
+        scores.setdefault(tuple(trial[k] for k in TUNED), []).append(trial["val_last"])
     best = max(scores, key=lambda k: (statistics.mean(scores[k]), -k[0]))
-    choice = {
-        "target_ratio": best[0],
-        "fallback": best[1],
-        "grid": best[2],
-        "val_last_mean": statistics.mean(scores[best]),
-    }
+    choice = {**dict(zip(TUNED, best, strict=True)), "val_last_mean": statistics.mean(scores[best])}
     print(f"[tune] choice {choice}", flush=True)
     return {
         "criterion": "mean last-epoch validation accuracy (ties: smaller ratio)",
+        "mode": cfg["tune_mode"],
         "teacher": "large",
         "trials": trials,
         "choice": choice,
     }
+
+
+#: the ISATS settings tuning chooses, in tie-break order (first: smaller wins).
+TUNED = ("target_ratio", "fallback", "grid", "student_temperature")
+
+
+def tuning_trials(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ISATS settings tried by `--tune`.
+
+    Args:
+        cfg: the configuration.
+
+    Returns:
+        `sweep`: the `--isats_*` settings, then each factor moved alone to each
+        of its other tuning values; `grid`: every combination of the values.
+    """
+    values = {
+        "target_ratio": cfg["tune_target_ratios"],
+        "fallback": cfg["tune_fallbacks"],
+        "grid": cfg["tune_grids"],
+        "student_temperature": cfg["tune_student_temperatures"],
+    }
+    if cfg["tune_mode"] == "grid":
+        return [
+            dict(zip(TUNED, combo, strict=True)) for combo in itertools.product(*values.values())
+        ]
+    base = {
+        "target_ratio": cfg["isats_target_ratio"],
+        "fallback": cfg["isats_fallback"],
+        "grid": cfg["isats_grid"],
+        "student_temperature": cfg["isats_student_temperature"],
+    }
+    trials = [base]
+    for key in TUNED:
+        trials += [{**base, key: v} for v in values[key] if v != base[key]]
+    return trials
 
 
 def plan(cfg: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -987,6 +1039,7 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
         "target_ratio": cfg["isats_target_ratio"],
         "fallback": cfg["isats_fallback"],
         "grid": cfg["isats_grid"],
+        "student_temperature": cfg["isats_student_temperature"],
     }
     tuning = None
     runs: list[dict[str, Any]] = []
@@ -1011,7 +1064,7 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
 
     if cfg["tune"]:
         tuning = run_tuning(data, teachers, cfg)
-        isats = {k: tuning["choice"][k] for k in ("target_ratio", "fallback", "grid")}
+        isats = {k: tuning["choice"][k] for k in TUNED}
         timings["tuning_seconds"] = time.perf_counter() - start - sum(timings.values())
         _common.write_json(cfg["output"], assemble(complete=False))
     if not cfg["tune_only"]:
@@ -1059,6 +1112,19 @@ def _enable_jax_cache(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _student_temperature(text: str) -> str | float:
+    """`tau` or a positive number (the ISATS student temperature flags)."""
+    if str(text).strip() == "tau":
+        return "tau"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise app.UsageError(f"student temperature {text!r}: use `tau` or a positive number.")
+    return value
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -1122,11 +1188,16 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "isats_target_ratio": FLAGS.isats_target_ratio,
         "isats_fallback": FLAGS.isats_fallback,
         "isats_grid": FLAGS.isats_grid,
+        "isats_student_temperature": _student_temperature(FLAGS.isats_student_temperature),
         "tune": FLAGS.tune or FLAGS.tune_only,
         "tune_only": FLAGS.tune_only,
         "tune_target_ratios": _floats(FLAGS.tune_target_ratios, "tune_target_ratios"),
         "tune_fallbacks": _floats(FLAGS.tune_fallbacks, "tune_fallbacks"),
         "tune_grids": _common.parse_list(FLAGS.tune_grids),
+        "tune_student_temperatures": [
+            _student_temperature(v) for v in _common.parse_list(FLAGS.tune_student_temperatures)
+        ],
+        "tune_mode": FLAGS.tune_mode,
         "tune_seeds": _ints(FLAGS.tune_seeds, "tune_seeds"),
         "teacher_logits": FLAGS.teacher_logits,
         "logits_cache_mb": FLAGS.logits_cache_mb,

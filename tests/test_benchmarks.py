@@ -162,6 +162,29 @@ def test_step_time_tiny(step_time, tmp_path, one_thread):
     assert returned["pairs"][0]["ratios"].keys() == ratios.keys()
 
 
+def test_capacity_mismatch_tuning_trials(capacity):
+    cfg = {
+        "isats_target_ratio": 2.0,
+        "isats_fallback": 4.0,
+        "isats_grid": "0.5:20:32",
+        "isats_student_temperature": "tau",
+        "tune_target_ratios": [1.0, 2.0, 3.0],
+        "tune_fallbacks": [2.0, 4.0],
+        "tune_grids": ["0.5:20:32", "1:10:16"],
+        "tune_student_temperatures": ["tau", 4.0],
+        "tune_mode": "sweep",
+    }
+    base = {"target_ratio": 2.0, "fallback": 4.0, "grid": "0.5:20:32", "student_temperature": "tau"}
+    sweep = capacity.tuning_trials(cfg)
+    assert sweep[0] == base and len(sweep) == 6
+    # every other trial moves exactly one factor away from the base settings
+    for trial in sweep[1:]:
+        assert sum(trial[k] != base[k] for k in base) == 1
+    assert {t["target_ratio"] for t in sweep} == {1.0, 2.0, 3.0}
+    grid = capacity.tuning_trials({**cfg, "tune_mode": "grid"})
+    assert len(grid) == 3 * 2 * 2 * 2 and len({tuple(t.values()) for t in grid}) == 24
+
+
 def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
     if not (_data_dir() / "train.npz").is_file():
         pytest.skip(f"offline CIFAR-100 not found at {_data_dir()} (set KDCAP_CIFAR100_DIR)")
