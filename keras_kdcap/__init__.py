@@ -4,7 +4,10 @@ The public API: `Distiller`, the temperature policies, the losses and the
 backend-agnostic numerics in `keras_kdcap.ops`.
 """
 
-from keras_kdcap import ops
+from keras_kdcap import (
+    models,  # registers the zoo's initializer, so saved zoo models load
+    ops,
+)
 from keras_kdcap.distiller import Distiller
 from keras_kdcap.losses import RegTLoss, distillation_loss
 from keras_kdcap.policies import (
@@ -38,5 +41,6 @@ __all__ = [
     "distillation_loss",
     "get_policy",
     "get_policy_names",
+    "models",
     "ops",
 ]

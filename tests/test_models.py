@@ -204,3 +204,29 @@ def test_channel_shuffle_matches_pytorch_view_permute():
     expected = x.reshape(2, 2, 2, groups, channels // groups).swapaxes(-1, -2).reshape(x.shape)
     out = keras.ops.convert_to_numpy(ChannelShuffle(groups)(x))
     np.testing.assert_array_equal(out, expected)
+
+
+def test_saved_zoo_model_loads_in_a_fresh_process_after_import_keras_kdcap(tmp_path):
+    # The zoo's kernels use a registered custom initializer: a saved model must
+    # load in a new process that imports only keras_kdcap (not keras_kdcap.models).
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "resnet8.keras"
+    model = get_model("resnet8", num_classes=10)
+    model.save(path)
+    expected = keras.ops.convert_to_numpy(model(np.ones((1, 32, 32, 3), np.float32)))
+    code = (
+        "import sys, numpy as np, keras, keras_kdcap\n"
+        f"m = keras.saving.load_model({str(path)!r})\n"
+        "out = keras.ops.convert_to_numpy(m(np.ones((1, 32, 32, 3), np.float32)))\n"
+        "np.save(sys.argv[1], out)\n"
+    )
+    out = tmp_path / "out.npy"
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)
