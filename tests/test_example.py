@@ -182,6 +182,7 @@ BAD_INPUTS = {
     "unknown policy": ["--policy=nosuch"],
     "unknown preset": ["--preset=huge"],
     "missing data dir": ["--data_dir=/no/such/folder"],
+    "numpy pipeline without the npz copy": ["--pipeline=numpy", "--data_dir={tmp}"],
     "fgcr weight out of range": ["--policy=fgcr", "--fgcr_weight=2"],
     "flag of another policy": ["--policy=isats", "--fgcr_weight=0.5"],
     "empty temperature range": ["--min_temperature=5", "--max_temperature=2"],
@@ -303,3 +304,16 @@ def test_csv_log_of_a_resumed_run_keeps_the_last_row_of_each_epoch(tmp_path):
     last, best = last_and_best(history)
     assert last["epoch"] == 3 and best["epoch"] == 2 and best["val_accuracy"] == 0.35
     assert read_csv_log(tmp_path / "missing.csv") == {}
+
+
+def test_numpy_pipeline_without_npz_is_refused_before_and_at_loading(tmp_path):
+    # One check serves the up-front validation and load_data itself.
+    from keras_kdcap.experiment.config import ExperimentConfig, check_data_source
+    from keras_kdcap.experiment.data import load_data
+
+    config = ExperimentConfig(
+        teacher="resnet8", student="resnet8", data_dir=str(tmp_path), pipeline="numpy"
+    )
+    for call in (check_data_source, load_data):
+        with pytest.raises(UsageError, match="--data_dir=<folder with train.npz and test.npz>"):
+            call(config)

@@ -413,19 +413,19 @@ def check_data_source(config: ExperimentConfig) -> None:
 
     Raises:
         UsageError: no offline copy, no prepared tfds `cifar100` and the download host
-            unreachable; or the NumPy pipeline asked for without the npz copy.
+            unreachable; or the NumPy pipeline (asked for, or chosen because TensorFlow
+            is missing) without the npz copy; or `--pipeline=tfdata` without TensorFlow.
     """
     from keras_kdcap.data.cifar import resolve_cifar100_source
     from keras_kdcap.data.tfds_sources import DOWNLOAD_HOSTS, host_reachable
+    from keras_kdcap.experiment.data import check_npz_source, resolve_pipeline
 
+    if resolve_pipeline(config.pipeline) == "numpy":
+        check_npz_source(config.data_dir)
+        return
     source, folder = resolve_cifar100_source(config.data_dir)
     if source == "npz":
         return
-    if config.pipeline == "numpy":
-        raise UsageError(
-            "--pipeline=numpy reads the offline npz copy only: give --data_dir=<folder with "
-            "train.npz and test.npz>"
-        )
     root = Path(folder or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
     if (root.expanduser() / "cifar100").is_dir() or host_reachable(*DOWNLOAD_HOSTS["cifar100"]):
         return  # prepared (tfds checks the rest) or downloadable

@@ -41,6 +41,25 @@ def resolve_pipeline(pipeline: str) -> str:
     return pipeline
 
 
+def check_npz_source(data_dir: str | None) -> None:
+    """The NumPy pipeline reads the offline npz copy only: fails when there is none.
+
+    Args:
+        data_dir: the `--data_dir` value (None: $KDCAP_CIFAR100_DIR).
+
+    Raises:
+        UsageError: no `train.npz`/`test.npz` copy to read.
+    """
+    from keras_kdcap.data.cifar import resolve_cifar100_source
+
+    if resolve_cifar100_source(data_dir)[0] != "npz":
+        raise UsageError(
+            "the NumPy pipeline (--pipeline=numpy, or auto without TensorFlow) reads the "
+            "offline npz copy only: give --data_dir=<folder with train.npz and test.npz>, "
+            "or install tensorflow for tensorflow-datasets"
+        )
+
+
 class ArrayEpochSync(keras.callbacks.Callback):
     """Sets a `keras_kdcap.data.ArrayImageDataset`'s epoch from Keras's, so resumed runs
     see the same shuffles and augmentations as uninterrupted ones.
@@ -149,13 +168,7 @@ def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentDa
     """
     pipeline = resolve_pipeline(config.pipeline)
     if pipeline == "numpy":
-        from keras_kdcap.data.cifar import resolve_cifar100_source
-
-        if resolve_cifar100_source(config.data_dir)[0] != "npz":
-            raise UsageError(
-                "the NumPy pipeline reads the offline npz copy only: give --data_dir=<folder "
-                "with train.npz and test.npz>, or install tensorflow for tensorflow-datasets"
-            )
+        check_npz_source(config.data_dir)
     (x_train, y_train), (x_test, y_test), where = load_arrays(config.data_dir)
     keep = _subset(y_train, config.per_class)
     if keep is not None:
