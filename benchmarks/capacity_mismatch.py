@@ -30,8 +30,8 @@ Protocol:
    the choice is recorded and used for the main runs.
 
     python benchmarks/capacity_mismatch.py --smoke            # ~2 minutes on a CPU
-    python benchmarks/capacity_mismatch.py                    # CPU scale, ~90 minutes
-    python benchmarks/capacity_mismatch.py --tune --tag=cpu   # tune ISATS first
+    python benchmarks/capacity_mismatch.py                    # CPU scale, ~65 minutes
+    python benchmarks/capacity_mismatch.py --tune --tag=cpu   # tune ISATS first (~75 minutes)
 
 Writes `benchmarks/results/capacity_mismatch_<tag>.json` and prints markdown
 tables. Runs on every Keras backend (KERAS_BACKEND); data pipelines use tf.data.
@@ -88,6 +88,8 @@ METHODS = ("ce", "kd", "ats", "fgcr", "isats", "regt_kd")
 EXTRA_METHODS = tuple(n for n in get_policy_names() if n not in METHODS)
 #: methods distilled from both the small and the large teacher.
 TEACHER_METHODS = ("kd", "ats", "fgcr", "isats")
+#: the ISATS settings tuning chooses, in tie-break order (first: smaller wins).
+TUNED = ("target_ratio", "fallback", "grid", "student_temperature")
 #: settings `--smoke` imposes (a couple of minutes on a CPU).
 SMOKE = {
     "student": "resnet8",
@@ -788,8 +790,9 @@ def run_tuning(data: Data, teachers: dict[str, keras.Model], cfg: dict[str, Any]
     }
 
 
-#: the ISATS settings tuning chooses, in tie-break order (first: smaller wins).
-TUNED = ("target_ratio", "fallback", "grid", "student_temperature")
+def isats_from_flags(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ISATS settings of the `--isats_*` flags, keyed as `TUNED`."""
+    return {key: cfg[f"isats_{key}"] for key in TUNED}
 
 
 def tuning_trials(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -812,12 +815,7 @@ def tuning_trials(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         return [
             dict(zip(TUNED, combo, strict=True)) for combo in itertools.product(*values.values())
         ]
-    base = {
-        "target_ratio": cfg["isats_target_ratio"],
-        "fallback": cfg["isats_fallback"],
-        "grid": cfg["isats_grid"],
-        "student_temperature": cfg["isats_student_temperature"],
-    }
+    base = isats_from_flags(cfg)
     trials = [base]
     for key in TUNED:
         trials += [{**base, key: v} for v in values[key] if v != base[key]]
@@ -1017,12 +1015,7 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
             ),
         }
         print(mismatch["message"], flush=True)
-    isats = {
-        "target_ratio": cfg["isats_target_ratio"],
-        "fallback": cfg["isats_fallback"],
-        "grid": cfg["isats_grid"],
-        "student_temperature": cfg["isats_student_temperature"],
-    }
+    isats = isats_from_flags(cfg)
     tuning = None
     runs: list[dict[str, Any]] = []
 
