@@ -221,9 +221,12 @@ def _log_variance(scaled, labels):
     return 2.0 * (top - log_total) + ops.log(non_target_variance(relative, labels))
 
 
-def _variance_over_grid(logits, labels, grid):
-    """`log v(q(x; tau))` for every sample and candidate: `[B, K]`."""
-    scaled = ops.expand_dims(logits, 1) / ops.reshape(grid, (1, -1, 1))
+def _log_variance_at(logits, labels, temperatures):
+    """`log v(q(x; tau))` for every sample and candidate: `[B, K]`.
+
+    `temperatures` is a `[K]` grid shared by the batch or `[B, K]` per sample.
+    """
+    scaled = ops.expand_dims(logits, 1) / ops.expand_dims(temperatures, -1)
     return _log_variance(scaled, labels)
 
 
@@ -258,8 +261,8 @@ def isats_temperature(
     """
     logits = ops.stop_gradient(as_float32(logits))
     grid = temperature_grid(min_temperature, max_temperature, num_candidates)
-    variance = _variance_over_grid(logits, labels, grid)
-    best = ops.argmax(variance, axis=-1)
+    log_variance = _log_variance_at(logits, labels, grid)
+    best = ops.argmax(log_variance, axis=-1)
     tau = ops.take(grid, best)
     if refine:
         step = (math.log(max_temperature) - math.log(min_temperature)) / (num_candidates - 1)
@@ -270,12 +273,11 @@ def isats_temperature(
             ops.expand_dims(log_lo, -1)
             + ops.expand_dims(log_hi - log_lo, -1) * ops.expand_dims(fractions, 0)
         )
-        scaled = ops.expand_dims(logits, 1) / ops.expand_dims(local, -1)
-        local_variance = _log_variance(scaled, labels)
+        local_variance = _log_variance_at(logits, labels, local)
         local_best = ops.argmax(local_variance, axis=-1)
         local_tau = ops.take_along_axis(local, ops.expand_dims(local_best, -1), axis=-1)[:, 0]
         local_value = ops.max(local_variance, axis=-1)
-        grid_value = ops.max(variance, axis=-1)
+        grid_value = ops.max(log_variance, axis=-1)
         tau = ops.where(local_value > grid_value, local_tau, tau)
     return ops.stop_gradient(tau)
 
