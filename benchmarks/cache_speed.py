@@ -28,38 +28,24 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from keras_kdcap import ISATS, Distiller
-from keras_kdcap.cache import TeacherCache
-from keras_kdcap.models import get_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+from keras_kdcap import ISATS, Distiller  # noqa: E402
+from keras_kdcap.cache import TeacherCache  # noqa: E402
+from keras_kdcap.models import get_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _time_calls(calls: dict, steps: int, repeats: int) -> dict:
-    """Seconds per step of each `call()` (one epoch of `steps` batches), per repeat.
-
-    Every call is made once first (compilation), then the calls are timed in
-    turn within each repeat.
-    """
-    for call in calls.values():
-        call()
-    figures = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            figures[name].append((time.perf_counter() - start) / steps)
-    return figures
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -93,17 +79,22 @@ def run(args: argparse.Namespace) -> dict:
     cached_x, cached_y, _ = cache.arrays()
     fit = dict(batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
 
-    timings = _time_calls(
-        {
-            "student": lambda: student.fit(x, y, **fit),
-            "uncached": lambda: uncached.fit(x, y, **fit),
-            "cached": lambda: cached.fit(cached_x, cached_y, **fit),
-            "cached_no_guard": lambda: keras.Model.fit(unguarded, cached_x, cached_y, **fit),
-            "teacher_pass": lambda: teacher.predict(x, batch_size=args.batch_size, verbose=0),
-        },
-        steps=args.steps,
+    epochs = {
+        "student": lambda: student.fit(x, y, **fit),
+        "uncached": lambda: uncached.fit(x, y, **fit),
+        "cached": lambda: cached.fit(cached_x, cached_y, **fit),
+        "cached_no_guard": lambda: keras.Model.fit(unguarded, cached_x, cached_y, **fit),
+        "teacher_pass": lambda: teacher.predict(x, batch_size=args.batch_size, verbose=0),
+    }
+    # one call = one epoch of `steps` batches: compiled by a first call, then
+    # timed in turn within each repeat
+    per_epoch = _common.round_robin(
+        {name: _common.CallableRunner(call) for name, call in epochs.items()},
         repeats=args.repeats,
+        steps=1,
+        warmup=1,
     )
+    timings = {name: [t / args.steps for t in values] for name, values in per_epoch.items()}
     best = {name: min(values) for name, values in timings.items()}
     median = {name: statistics.median(values) for name, values in timings.items()}
 
@@ -167,8 +158,7 @@ def main() -> None:
     result = run(args)
     print_table(result)
     path = Path(args.output) if args.output else RESULTS / f"cache_speed_{result['backend']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    _common.write_json(path, result)
     print(f"\nwritten: {path}")
 
 
