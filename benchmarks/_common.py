@@ -622,3 +622,36 @@ def set_threads(threads: int) -> dict[str, Any]:
             return {"threads": "default", "error": str(error)}
         return {"threads": threads, "how": "tf.config.threading"}
     return {"threads": "default", "note": f"not settable on {backend} after import"}
+
+
+def define_threads_flag(flag_values: Any) -> None:
+    """Defines `--threads` on a script's `FlagValues` (see `set_threads`).
+
+    Args:
+        flag_values: the script's `absl.flags.FlagValues`.
+    """
+    from absl import flags
+
+    flags.DEFINE_integer(
+        "threads",
+        0,
+        "CPU threads of torch / TensorFlow (0: library default). 1 avoids OpenMP spinning on a "
+        "CPU shared with other jobs.",
+        flag_values=flag_values,
+    )
+
+
+def environment_with_threads(threads: int) -> dict[str, Any]:
+    """Sets the CPU threads, then records the environment with what was set.
+
+    The threads are set first: TensorFlow accepts them only before its first
+    op, which `environment()` may run when it lists the devices.
+
+    Args:
+        threads: threads per pool, or 0 for the library default.
+
+    Returns:
+        `environment()` with a `threading` entry.
+    """
+    threading = set_threads(threads)
+    return {**environment(), "threading": threading}

@@ -22,20 +22,20 @@ machine load affects them alike; the minimum over repeats is the headline
 Prints a table and writes `benchmarks/results/cache_speed_<backend>.json`.
 
 Usage:
-    KERAS_BACKEND=jax python benchmarks/cache_speed.py --repeats 5 --steps 8
+    KERAS_BACKEND=jax python benchmarks/cache_speed.py --repeats=5 --steps=8
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
+from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -45,56 +45,68 @@ from keras_kdcap import ISATS, Distiller  # noqa: E402
 from keras_kdcap.cache import TeacherCache  # noqa: E402
 from keras_kdcap.models import get_model  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("teacher", "resnet32x4", "Teacher zoo model.", flag_values=FLAGS)
+flags.DEFINE_string("student", "resnet8x4", "Student zoo model.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 64, "Images per step.", flag_values=FLAGS)
+flags.DEFINE_integer("classes", 100, "Number of classes.", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 8, "Batches per timed epoch.", flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 5, "Timed epochs per configuration.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "output", None, "JSON path (default: results/cache_speed_<backend>.json).", flag_values=FLAGS
+)
+_common.define_threads_flag(FLAGS)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Builds the models and times the five configurations.
 
     Args:
-        args: the parsed command line.
+        cfg: the flag values (teacher, student, batch_size, classes, steps,
+            repeats, threads).
 
     Returns:
         The result record written to JSON.
     """
+    environment = _common.environment_with_threads(cfg["threads"])
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    num = args.batch_size * args.steps
+    num = cfg["batch_size"] * cfg["steps"]
     x = rng.normal(size=(num, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, args.classes, num).astype("int32")
-    teacher = get_model(args.teacher, num_classes=args.classes)
+    y = rng.integers(0, cfg["classes"], num).astype("int32")
+    teacher = get_model(cfg["teacher"], num_classes=cfg["classes"])
 
     def optimizer():
         return keras.optimizers.SGD(0.05, momentum=0.9)
 
     def distiller():
-        model = Distiller(teacher, get_model(args.student, num_classes=args.classes))
+        model = Distiller(teacher, get_model(cfg["student"], num_classes=cfg["classes"]))
         model.compile(optimizer(), policy=ISATS())
         return model
 
-    student = get_model(args.student, num_classes=args.classes)
+    student = get_model(cfg["student"], num_classes=cfg["classes"])
     student.compile(optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     uncached, cached, unguarded = distiller(), distiller(), distiller()
-    cache = TeacherCache(teacher, batch_size=args.batch_size).build(x, y)
+    cache = TeacherCache(teacher, batch_size=cfg["batch_size"]).build(x, y)
     cached_x, cached_y, _ = cache.arrays()
-    fit = dict(batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
+    fit = dict(batch_size=cfg["batch_size"], epochs=1, shuffle=False, verbose=0)
 
     epochs = {
         "student": lambda: student.fit(x, y, **fit),
         "uncached": lambda: uncached.fit(x, y, **fit),
         "cached": lambda: cached.fit(cached_x, cached_y, **fit),
         "cached_no_guard": lambda: keras.Model.fit(unguarded, cached_x, cached_y, **fit),
-        "teacher_pass": lambda: teacher.predict(x, batch_size=args.batch_size, verbose=0),
+        "teacher_pass": lambda: teacher.predict(x, batch_size=cfg["batch_size"], verbose=0),
     }
     # one call = one epoch of `steps` batches: compiled by a first call, then
     # timed in turn within each repeat
     per_epoch = _common.round_robin(
         {name: _common.CallableRunner(call) for name, call in epochs.items()},
-        repeats=args.repeats,
+        repeats=cfg["repeats"],
         steps=1,
         warmup=1,
     )
-    timings = {name: [t / args.steps for t in values] for name, values in per_epoch.items()}
+    timings = {name: [t / cfg["steps"] for t in values] for name, values in per_epoch.items()}
     best = {name: min(values) for name, values in timings.items()}
     median = {name: statistics.median(values) for name, values in timings.items()}
 
@@ -108,18 +120,17 @@ def run(args: argparse.Namespace) -> dict:
         }
 
     return {
+        "benchmark": "cache_speed",
         "backend": keras.backend.backend(),
-        "keras": keras.__version__,
-        "device": args.device_label or platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min_at_end": os.getloadavg()[0],
-        "teacher": args.teacher,
-        "student": args.student,
-        "batch_size": args.batch_size,
-        "classes": args.classes,
+        "environment": environment,
+        "load_average_at_end": _common.load_average(),
+        "teacher": cfg["teacher"],
+        "student": cfg["student"],
+        "batch_size": cfg["batch_size"],
+        "classes": cfg["classes"],
         "policy": "ISATS()",
-        "steps_per_timing": args.steps,
-        "repeats": args.repeats,
+        "steps_per_timing": cfg["steps"],
+        "repeats": cfg["repeats"],
         "seconds_per_step": timings,
         "min_seconds_per_step": best,
         "median_seconds_per_step": median,
@@ -144,23 +155,27 @@ def print_table(result: dict) -> None:
         print(f"{name:<32}{value:>8.3f}{result['ratios_of_median'][name]:>11.3f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher", default="resnet32x4")
-    parser.add_argument("--student", default="resnet8x4")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=8, help="batches per timed epoch")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device-label", default="", help="recorded in the JSON")
-    parser.add_argument("--output", default="", help="JSON path (default: results/...)")
-    args = parser.parse_args()
-    result = run(args)
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """Runs the benchmark, prints the table and writes the JSON.
+
+    Args:
+        argv: command line, program name first.
+
+    Returns:
+        The result record (also written to the JSON file).
+    """
+    _common.parse_flags(FLAGS, argv)
+    for name in ("batch_size", "classes", "steps", "repeats"):
+        if FLAGS[name].value < 1:
+            raise app.UsageError(f"--{name} must be >= 1.")
+    result = run({name: FLAGS[name].value for name in FLAGS})
+    result["command"] = " ".join(argv)
     print_table(result)
-    path = Path(args.output) if args.output else RESULTS / f"cache_speed_{result['backend']}.json"
-    _common.write_json(path, result)
+    default = _common.RESULTS_DIR / f"cache_speed_{result['backend']}.json"
+    path = _common.write_json(FLAGS.output or default, result)
     print(f"\nwritten: {path}")
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    _common.run_as_script(FLAGS, main)

@@ -221,13 +221,7 @@ flags.DEFINE_enum(
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.", flag_values=FLAGS)
-flags.DEFINE_integer(
-    "threads",
-    0,
-    "CPU threads of torch / TensorFlow (0: library default; 1 avoids OpenMP spinning on a "
-    "CPU shared with other jobs).",
-    flag_values=FLAGS,
-)
+_common.define_threads_flag(FLAGS)
 flags.DEFINE_bool(
     "smoke",
     False,
@@ -972,8 +966,7 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
         The results (also written to `cfg["output"]`).
     """
     start = time.perf_counter()
-    threads = _common.set_threads(cfg["threads"])
-    environment = {**_common.environment(), "threading": threads}
+    environment = _common.environment_with_threads(cfg["threads"])
     if cfg["backend_jax_cache"]:
         _enable_jax_cache(Path(cfg["cache_dir"]) / "jax_cache")
     data = Data(

@@ -123,13 +123,7 @@ flags.DEFINE_bool(
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("seed", 0, "Seed of the models and the batch.", flag_values=FLAGS)
-flags.DEFINE_integer(
-    "threads",
-    0,
-    "CPU threads of torch / TensorFlow (0: library default). 1 avoids OpenMP spinning on a "
-    "CPU shared with other jobs.",
-    flag_values=FLAGS,
-)
+_common.define_threads_flag(FLAGS)
 flags.DEFINE_string(
     "output",
     None,
@@ -783,8 +777,7 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     backend = keras.backend.backend()
     start = time.perf_counter()
-    threads = _common.set_threads(cfg["threads"])
-    environment = {**_common.environment(), "threading": threads}
+    environment = _common.environment_with_threads(cfg["threads"])
     pairs = parse_pairs(cfg["pairs"])
     x, y = make_batch(cfg["batch_size"], cfg["seed"])
     if cfg["step_api"] == "auto":

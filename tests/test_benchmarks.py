@@ -233,3 +233,42 @@ def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
     assert results["environment"]["backend"] == keras.backend.backend()
     assert "| teacher | method |" in results["markdown"]
     assert returned["table"] == results["table"]
+
+
+def test_cache_speed_tiny(tmp_path, one_thread):
+    cache_speed = _load("cache_speed")
+    output = tmp_path / "cache_speed.json"
+    argv = [
+        "cache_speed",
+        "--teacher=resnet8",
+        "--student=resnet8",
+        "--classes=10",
+        "--batch_size=8",
+        "--steps=2",
+        "--repeats=2",
+        "--threads=1",
+        f"--output={output}",
+    ]
+    returned = cache_speed.main(argv)
+    result = json.loads(output.read_text())
+    assert result["benchmark"] == "cache_speed"
+    assert result["environment"]["backend"] == keras.backend.backend()
+    assert result["command"] == " ".join(argv)
+    names = {"student", "uncached", "cached", "cached_no_guard", "teacher_pass"}
+    assert set(result["seconds_per_step"]) == names
+    for name, values in result["seconds_per_step"].items():
+        assert len(values) == 2 and all(_positive(v) for v in values)
+        assert result["min_seconds_per_step"][name] == min(values)
+    best = result["min_seconds_per_step"]
+    ratios = result["ratios_of_min"]
+    assert ratios["cached_over_uncached"] == pytest.approx(best["cached"] / best["uncached"])
+    assert ratios["speedup_cached_vs_uncached"] == pytest.approx(1 / ratios["cached_over_uncached"])
+    assert returned["ratios_of_median"].keys() == ratios.keys()
+
+
+def test_cache_speed_rejects_zero_steps():
+    from absl import app
+
+    cache_speed = _load("cache_speed")
+    with pytest.raises(app.UsageError, match="--steps"):
+        cache_speed.main(["cache_speed", "--steps=0"])
