@@ -867,6 +867,47 @@ def summarize_runs(runs: list[dict[str, Any]], teachers: dict[str, dict]) -> lis
     return rows
 
 
+def regime_check(
+    table: list[dict[str, Any]], teachers: dict[str, dict]
+) -> dict[str, Any] | None:
+    """Whether the run shows capacity mismatch: a more accurate large teacher
+    whose plain-KD student is no better than the small teacher's.
+
+    Args:
+        table: `summarize_runs` rows.
+        teachers: role -> teacher report.
+
+    Returns:
+        The comparison (`holds`, the two KD means and stds, the difference and
+        a message), or None when either KD row or teacher is missing.
+    """
+    kd = {r["teacher"]: r for r in table if r["method"] == "kd"}
+    if not {"small", "large"} <= kd.keys() or not {"small", "large"} <= teachers.keys():
+        return None
+    small, large = kd["small"], kd["large"]
+    more_accurate = teachers["large"]["test_accuracy"] > teachers["small"]["test_accuracy"]
+    difference = large["test_last_mean"] - small["test_last_mean"]
+    no_better = difference <= 0.0
+    holds = more_accurate and no_better
+    return {
+        "holds": holds,
+        "large_teacher_more_accurate": more_accurate,
+        "kd_large_no_better": no_better,
+        "kd_small_test_last": [small["test_last_mean"], small["test_last_std"]],
+        "kd_large_test_last": [large["test_last_mean"], large["test_last_std"]],
+        "kd_large_minus_small": difference,
+        "message": (
+            f"Regime {'shown' if holds else 'NOT shown'}: large teacher "
+            f"{'more' if more_accurate else 'not more'} accurate "
+            f"({100 * teachers['large']['test_accuracy']:.2f}% vs "
+            f"{100 * teachers['small']['test_accuracy']:.2f}%); plain-KD student from it "
+            f"{_pct(large['test_last_mean'], large['test_last_std'])} vs "
+            f"{_pct(small['test_last_mean'], small['test_last_std'])} from the small one "
+            f"({100 * difference:+.2f} points)."
+        ),
+    }
+
+
 def _pct(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "-"
@@ -953,6 +994,9 @@ def tables(results: dict[str, Any]) -> str:
             rows,
         )
     )
+    if results.get("regime"):
+        parts.append("")
+        parts.append(results["regime"]["message"])
     return "\n".join(parts)
 
 
@@ -1013,6 +1057,7 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
 
     def assemble(complete: bool) -> dict[str, Any]:
+        table = summarize_runs(runs, reports)
         return {
             "benchmark": "capacity_mismatch",
             "complete": complete,
@@ -1025,7 +1070,8 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
             "mismatch_check": mismatch,
             "tuning": tuning,
             "runs": runs,
-            "table": summarize_runs(runs, reports),
+            "table": table,
+            "regime": regime_check(table, reports),
             "timings": {**timings, "total_seconds": time.perf_counter() - start},
             "load_average_end": _common.load_average(),
         }

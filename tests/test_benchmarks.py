@@ -272,3 +272,29 @@ def test_cache_speed_rejects_zero_steps():
     cache_speed = _load("cache_speed")
     with pytest.raises(app.UsageError, match="--steps"):
         cache_speed.main(["cache_speed", "--steps=0"])
+
+
+def _kd_row(role, mean, std=0.01):
+    return {"teacher": role, "method": "kd", "test_last_mean": mean, "test_last_std": std}
+
+
+@pytest.mark.parametrize(
+    "small_acc, large_acc, kd_small, kd_large, holds",
+    [
+        (0.20, 0.22, 0.17, 0.16, True),  # more accurate, teaches worse: the regime
+        (0.20, 0.22, 0.16, 0.17, False),  # more accurate and teaches better
+        (0.20, 0.18, 0.17, 0.16, False),  # less accurate: the ordinary case
+    ],
+)
+def test_capacity_mismatch_regime_check(capacity, small_acc, large_acc, kd_small, kd_large, holds):
+    teachers = {"small": {"test_accuracy": small_acc}, "large": {"test_accuracy": large_acc}}
+    table = [
+        {"teacher": None, "method": "ce", "test_last_mean": 0.1, "test_last_std": 0.0},
+        _kd_row("small", kd_small),
+        _kd_row("large", kd_large),
+    ]
+    check = capacity.regime_check(table, teachers)
+    assert check["holds"] is holds
+    assert check["kd_large_minus_small"] == pytest.approx(kd_large - kd_small)
+    assert ("Regime shown" in check["message"]) is holds
+    assert capacity.regime_check(table[:2], teachers) is None  # no KD row of the large one
