@@ -68,6 +68,7 @@ from keras_kdcap.data import (  # noqa: E402
     load_cifar100_arrays,
     stratified_indices,
 )
+from keras_kdcap.distiller import TEACHER_LOGITS_KEY  # noqa: E402
 from keras_kdcap.models import count_params  # noqa: E402
 from keras_kdcap.ops import label_ranked_first  # noqa: E402
 from keras_kdcap.policies import get_policy, get_policy_names  # noqa: E402
@@ -614,9 +615,14 @@ class TeacherLogits:
 
         images = data.train_epoch(seed, epoch)
         logits = tf.data.Dataset.from_tensor_slices(self.logits[epoch]).batch(data.batch_size)
-        return tf.data.Dataset.zip((images, logits)).map(
-            lambda xy, f: ({"inputs": xy[0], "teacher_logits": f}, xy[1])
-        )
+        return tf.data.Dataset.zip((images, logits)).map(_with_teacher_logits)
+
+
+def _with_teacher_logits(batch: tuple, logits: Any) -> tuple:
+    """`((x, y), f)` -> `({"inputs": x, "teacher_logits": f}, y)` (a named function:
+    AutoGraph cannot read the source of a lambda here and warns on every epoch)."""
+    x, y = batch
+    return {"inputs": x, TEACHER_LOGITS_KEY: logits}, y
 
 
 def resolve_pipeline(name: str) -> str:
