@@ -59,7 +59,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
-from keras_kdcap import ATS, FGCR, ISATS, Distiller, FixedTemperature  # noqa: E402
+from keras_kdcap import (  # noqa: E402
+    ATS,
+    FGCR,
+    ISATS,
+    Distiller,
+    FixedTemperature,
+    SmoothedCrossEntropy,
+)
 from keras_kdcap.analysis import non_target_stats  # noqa: E402
 from keras_kdcap.baselines.callbacks import PolicyEpochCallback  # noqa: E402
 from keras_kdcap.data import (  # noqa: E402
@@ -89,6 +96,10 @@ METHODS = ("ce", "kd", "ats", "fgcr", "isats", "regt_kd")
 EXTRA_METHODS = tuple(n for n in get_policy_names() if n not in METHODS)
 #: methods distilled from both the small and the large teacher.
 TEACHER_METHODS = ("kd", "ats", "fgcr", "isats")
+# `large_regt` and `large_flat` are the large model trained with RegT / label smoothing
+ROLE_SEEDS = {"small": 1, "large": 2, "large_regt": 3, "large_flat": 4}
+TEACHER_ROLES = ("small", "large", "large_flat")
+LARGE_ROLES = ("large", "large_flat")
 #: the ISATS settings tuning chooses, in tie-break order (first: smaller wins).
 TUNED = ("target_ratio", "fallback", "grid", "student_temperature")
 #: settings `--smoke` imposes (a couple of minutes on a CPU).
@@ -150,6 +161,19 @@ flags.DEFINE_string(
     flag_values=FLAGS,
 )
 flags.DEFINE_float("regt_gamma", 0.1, "RegT teacher: gamma.", flag_values=FLAGS)
+flags.DEFINE_float(
+    "flat_label_smoothing",
+    0.0,
+    "> 0: also train `large_flat`, the large teacher with this label smoothing (flat "
+    "non-target probabilities, the property the paper finds in large teachers).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "teacher_roles",
+    "small,large",
+    "Teachers the distillation methods run for: small, large, large_flat.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_float("regt_temperature", 4.0, "RegT teacher: tau_r.", flag_values=FLAGS)
 flags.DEFINE_integer("epochs", 30, "Student epochs.", flag_values=FLAGS)
 flags.DEFINE_float("lr", 0.05, "Student initial learning rate.", flag_values=FLAGS)
@@ -380,7 +404,7 @@ def teacher_key(role: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings a trained teacher depends on (its cache key).
 
     Args:
-        role: `small`, `large` or `large_regt`.
+        role: `small`, `large`, `large_regt` or `large_flat`.
         cfg: the configuration.
 
     Returns:
@@ -403,6 +427,8 @@ def teacher_key(role: str, cfg: dict[str, Any]) -> dict[str, Any]:
         key.update(
             loss="regt", regt_gamma=cfg["regt_gamma"], regt_temperature=cfg["regt_temperature"]
         )
+    if role == "large_flat":
+        key.update(loss="smoothed", label_smoothing=cfg["flat_label_smoothing"])
     return key
 
 
@@ -433,14 +459,16 @@ def get_teacher(role: str, data: Data, cfg: dict[str, Any]) -> tuple[keras.Model
         f"{data.sizes()['train']} images ({key['loss']})",
         flush=True,
     )
-    seed = cfg["teacher_seed"] * 1000 + {"small": 1, "large": 2, "large_regt": 3}[role]
+    seed = cfg["teacher_seed"] * 1000 + ROLE_SEEDS[role]
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     with DtypePolicyScope(key["dtype_policy"]):
         model = build_teacher(key["model"], NUM_CLASSES, weight_decay=key["weight_decay"])
-        regt = None
+        regt, loss = None, None
         if key["loss"] == "regt":
             regt = {"gamma": key["regt_gamma"], "temperature": key["regt_temperature"]}
+        if key["loss"] == "smoothed":
+            loss = SmoothedCrossEntropy(key["label_smoothing"])
         model, history = train_teacher(
             model,
             data.train_epochs(seed, augment=key["augment"]),
@@ -448,6 +476,7 @@ def get_teacher(role: str, data: Data, cfg: dict[str, Any]) -> tuple[keras.Model
             lr=key["lr"],
             weight_decay=key["weight_decay"],
             regt=regt,
+            loss=loss,
             checkpoint_dir=folder,
             verbose=cfg["verbose"],
         )
@@ -834,7 +863,7 @@ def plan(cfg: dict[str, Any]) -> list[tuple[str, str | None]]:
     runs: list[tuple[str, str | None]] = []
     if "ce" in cfg["methods"]:
         runs.append(("ce", None))
-    for role in ("small", "large"):
+    for role in cfg["teacher_roles"]:
         runs += [(m, role) for m in TEACHER_METHODS + EXTRA_METHODS if m in cfg["methods"]]
     if "regt_kd" in cfg["methods"]:
         runs.append(("regt_kd", "large_regt"))
@@ -874,7 +903,7 @@ def summarize_runs(runs: list[dict[str, Any]], teachers: dict[str, dict]) -> lis
 
 
 def regime_check(
-    table: list[dict[str, Any]], teachers: dict[str, dict]
+    table: list[dict[str, Any]], teachers: dict[str, dict], role: str = "large"
 ) -> dict[str, Any] | None:
     """Whether the run shows capacity mismatch: a more accurate large teacher
     whose plain-KD student is no better than the small teacher's.
@@ -882,16 +911,17 @@ def regime_check(
     Args:
         table: `summarize_runs` rows.
         teachers: role -> teacher report.
+        role: the large teacher's role (`large` or `large_flat`).
 
     Returns:
         The comparison (`holds`, the two KD means and stds, the difference and
         a message), or None when either KD row or teacher is missing.
     """
     kd = {r["teacher"]: r for r in table if r["method"] == "kd"}
-    if not {"small", "large"} <= kd.keys() or not {"small", "large"} <= teachers.keys():
+    if not {"small", role} <= kd.keys() or not {"small", role} <= teachers.keys():
         return None
-    small, large = kd["small"], kd["large"]
-    more_accurate = teachers["large"]["test_accuracy"] > teachers["small"]["test_accuracy"]
+    small, large = kd["small"], kd[role]
+    more_accurate = teachers[role]["test_accuracy"] > teachers["small"]["test_accuracy"]
     difference = large["test_last_mean"] - small["test_last_mean"]
     no_better = difference <= 0.0
     holds = more_accurate and no_better
@@ -903,13 +933,44 @@ def regime_check(
         "kd_large_test_last": [large["test_last_mean"], large["test_last_std"]],
         "kd_large_minus_small": difference,
         "message": (
-            f"Regime {'shown' if holds else 'NOT shown'}: large teacher "
+            f"Regime {'shown' if holds else 'NOT shown'} ({role}): large teacher "
             f"{'more' if more_accurate else 'not more'} accurate "
-            f"({100 * teachers['large']['test_accuracy']:.2f}% vs "
+            f"({100 * teachers[role]['test_accuracy']:.2f}% vs "
             f"{100 * teachers['small']['test_accuracy']:.2f}%); plain-KD student from it "
             f"{_pct(large['test_last_mean'], large['test_last_std'])} vs "
             f"{_pct(small['test_last_mean'], small['test_last_std'])} from the small one "
             f"({100 * difference:+.2f} points)."
+        ),
+    }
+
+
+def teacher_check(
+    reports: dict[str, dict], role: str, temperature: float
+) -> dict[str, Any] | None:
+    """The teachers' side of the regime: is the large teacher flatter and more accurate?
+
+    Args:
+        reports: role -> teacher report.
+        role: the large teacher's role (`large` or `large_flat`).
+        temperature: the T of the non-target variance.
+
+    Returns:
+        `large_flatter`, `large_more_accurate` and a message, or None when
+        either teacher is missing.
+    """
+    if "small" not in reports or role not in reports:
+        return None
+    small, large = reports["small"], reports[role]
+    flatter = large["non_target_variance_T"] < small["non_target_variance_T"]
+    more_accurate = large["test_accuracy"] > small["test_accuracy"]
+    return {
+        "large_flatter": flatter,
+        "large_more_accurate": more_accurate,
+        "message": (
+            f"Check ({role}): large teacher's non-target variance at T={temperature:g} "
+            f"{'<' if flatter else '>='} small's ({large['non_target_variance_T']:.3e} vs "
+            f"{small['non_target_variance_T']:.3e}); large teacher "
+            f"{'more' if more_accurate else 'not more'} accurate on test."
         ),
     }
 
@@ -966,7 +1027,7 @@ def tables(results: dict[str, Any]) -> str:
     )
     if results.get("mismatch_check"):
         parts.append("")
-        parts.append(results["mismatch_check"]["message"])
+        parts += [check["message"] for check in results["mismatch_check"].values()]
     if results.get("tuning"):
         parts.append("")
         parts.append(f"ISATS tuning choice: {results['tuning']['choice']}")
@@ -1002,7 +1063,7 @@ def tables(results: dict[str, Any]) -> str:
     )
     if results.get("regime"):
         parts.append("")
-        parts.append(results["regime"]["message"])
+        parts += [check["message"] for check in results["regime"].values()]
     return "\n".join(parts)
 
 
@@ -1028,6 +1089,8 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["pipeline"],
     )
     roles = ["small", "large"] if any(m != "ce" for m in cfg["methods"]) or cfg["tune"] else []
+    if "large_flat" in cfg["teacher_roles"]:
+        roles.append("large_flat")
     if "regt_kd" in cfg["methods"]:
         roles.append("large_regt")
     if cfg["tune"] and "large" not in roles:
@@ -1042,22 +1105,12 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
             **teacher_report(model, data, cfg),
         }
     timings["teachers_seconds"] = time.perf_counter() - start
-    mismatch = None
-    if "small" in reports and "large" in reports:
-        small, large = reports["small"], reports["large"]
-        ok = large["non_target_variance_T"] < small["non_target_variance_T"]
-        more_accurate = large["test_accuracy"] > small["test_accuracy"]
-        mismatch = {
-            "large_flatter": ok,
-            "large_more_accurate": more_accurate,
-            "message": (
-                f"Check: large teacher's non-target variance at T={cfg['temperature']:g} "
-                f"{'<' if ok else '>='} small's ({large['non_target_variance_T']:.3e} vs "
-                f"{small['non_target_variance_T']:.3e}); large teacher "
-                f"{'more' if more_accurate else 'not more'} accurate on test."
-            ),
-        }
-        print(mismatch["message"], flush=True)
+    mismatch = {}
+    for role in LARGE_ROLES:
+        check = teacher_check(reports, role, cfg["temperature"])
+        if check:
+            mismatch[role] = check
+            print(check["message"], flush=True)
     isats = isats_from_flags(cfg)
     tuning = None
     runs: list[dict[str, Any]] = []
@@ -1077,7 +1130,11 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
             "tuning": tuning,
             "runs": runs,
             "table": table,
-            "regime": regime_check(table, reports),
+            "regime": {
+                role: check
+                for role in LARGE_ROLES
+                if (check := regime_check(table, reports, role)) is not None
+            },
             "timings": {**timings, "total_seconds": time.perf_counter() - start},
             "load_average_end": _common.load_average(),
         }
@@ -1195,6 +1252,8 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "student_dtype_policy": FLAGS.student_dtype_policy,
         "regt_gamma": FLAGS.regt_gamma,
         "regt_temperature": FLAGS.regt_temperature,
+        "flat_label_smoothing": FLAGS.flat_label_smoothing,
+        "teacher_roles": _common.parse_list(FLAGS.teacher_roles),
         "epochs": FLAGS.epochs,
         "lr": FLAGS.lr,
         "weight_decay": FLAGS.weight_decay,
@@ -1238,6 +1297,15 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
             raise app.UsageError(f"--{name} must be >= 1.")
     if not cfg["seeds"]:
         raise app.UsageError("--seeds is empty.")
+    unknown = [r for r in cfg["teacher_roles"] if r not in TEACHER_ROLES]
+    if unknown or not cfg["teacher_roles"]:
+        raise app.UsageError(f"--teacher_roles: unknown {unknown}; choose from {TEACHER_ROLES}.")
+    if not 0.0 <= cfg["flat_label_smoothing"] <= 1.0:
+        raise app.UsageError("--flat_label_smoothing must lie in [0, 1].")
+    if "large_flat" in cfg["teacher_roles"] and cfg["flat_label_smoothing"] == 0.0:
+        raise app.UsageError(
+            "--teacher_roles=large_flat needs --flat_label_smoothing > 0 (e.g. 0.2)."
+        )
     tag = FLAGS.tag or (f"smoke_{backend}" if FLAGS.smoke else backend)
     cfg["tag"] = tag
     cfg["output"] = FLAGS.output or str(_common.RESULTS_DIR / f"capacity_mismatch_{tag}.json")

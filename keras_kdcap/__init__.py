@@ -9,7 +9,7 @@ from keras_kdcap import (
     ops,
 )
 from keras_kdcap.distiller import Distiller
-from keras_kdcap.losses import RegTLoss, distillation_loss
+from keras_kdcap.losses import RegTLoss, SmoothedCrossEntropy, distillation_loss
 from keras_kdcap.policies import (
     ATS,
     CTKD,
@@ -37,6 +37,7 @@ __all__ = [
     "Distiller",
     "FixedTemperature",
     "RegTLoss",
+    "SmoothedCrossEntropy",
     "TemperaturePolicy",
     "distillation_loss",
     "get_policy",

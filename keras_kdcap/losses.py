@@ -1,4 +1,4 @@
-"""Distillation loss (KD term) and the RegT teacher-training loss."""
+"""Distillation loss (KD term) and the teacher-training losses (RegT, label smoothing)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_kdcap import ops as kd_ops
-from keras_kdcap.validation import check_non_negative, check_positive
+from keras_kdcap.validation import check_fraction, check_non_negative, check_positive
 
 _TINY = 1e-30
 
@@ -88,6 +88,51 @@ class RegTLoss(keras.losses.Loss):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(gamma=self.gamma, temperature=self.temperature)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_kdcap")
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy against label-smoothed targets, from logits and int labels.
+
+    `L = -(1 - eps) * log p_y - eps / C * sum_k log p_k` (the target
+    `(1 - eps) * onehot(y) + eps / C`, as in Keras's one-hot
+    `CategoricalCrossentropy(label_smoothing=eps)`, which takes no int
+    labels). It trains *flat* teachers: the smoothing pushes the non-target
+    probabilities towards equal (METHODS.md, RegT), so it is the opposite of
+    RegT and serves to produce teachers with flat non-target entries for
+    experiments.
+
+    Args:
+        label_smoothing: `eps` in [0, 1] (0 gives plain cross-entropy).
+        name: loss name.
+    """
+
+    def __init__(self, label_smoothing: float = 0.1, name: str = "smoothed_ce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = check_fraction("label_smoothing", label_smoothing)
+
+    def call(self, y_true, y_pred):
+        """Per-sample loss.
+
+        Args:
+            y_true: sparse labels `[B]`/`[B, 1]` or one-hot `[B, C]`.
+            y_pred: `[B, C]` logits.
+
+        Returns:
+            float32 `[B]` losses.
+        """
+        logits = kd_ops.as_float32(y_pred)
+        num_classes = logits.shape[-1]
+        labels = kd_ops.sparse_labels(y_true, num_classes)
+        log_probs = ops.log_softmax(logits, axis=-1)
+        target = -ops.sum(log_probs * kd_ops.target_mask(labels, num_classes), axis=-1)
+        uniform = -ops.mean(log_probs, axis=-1)
+        return (1.0 - self.label_smoothing) * target + self.label_smoothing * uniform
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(label_smoothing=self.label_smoothing)
         return config
 
 

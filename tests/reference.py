@@ -80,6 +80,14 @@ def cross_entropy(g, y) -> np.ndarray:
     return -log_softmax(g)[np.arange(len(y)), y]
 
 
+def smoothed_cross_entropy(g, y, eps) -> np.ndarray:
+    """Cross-entropy against the target (1 - eps) * onehot(y) + eps / C."""
+    c = g.shape[-1]
+    target = np.full(g.shape, eps / c)
+    target[np.arange(len(y)), y] += 1.0 - eps
+    return -(target * log_softmax(g)).sum(-1)
+
+
 def regt(f, y, gamma, tau) -> np.ndarray:
     c = f.shape[-1]
     return cross_entropy(f, y) - gamma * (c - 1) * non_target_variance(tempered_softmax(f, tau), y)

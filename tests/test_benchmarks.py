@@ -204,7 +204,9 @@ def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
         "--epochs=1",
         "--batch_size=50",
         "--seeds=0",
-        "--methods=ce,isats",
+        "--methods=ce,kd,isats",
+        "--teacher_roles=small,large_flat",
+        "--flat_label_smoothing=0.2",
         "--teacher_dtype_policy=float32",
         "--threads=1",
     ]
@@ -213,7 +215,7 @@ def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
     assert results["benchmark"] == "capacity_mismatch"
     assert results["complete"] is True  # partial records (after each run) say False
     assert results["data"] == {"train": 100, "val": 100, "test": 100}
-    assert set(results["teachers"]) == {"small", "large"}
+    assert set(results["teachers"]) == {"small", "large", "large_flat"}
     for teacher in results["teachers"].values():
         assert teacher["params"] > 0
         for key in ("train_accuracy", "test_accuracy", "target_first"):
@@ -221,9 +223,15 @@ def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
         assert teacher["non_target_variance_T"] > 0
     assert [(r["teacher"], r["method"]) for r in results["table"]] == [
         (None, "ce"),
+        ("small", "kd"),
         ("small", "isats"),
-        ("large", "isats"),
+        ("large_flat", "kd"),
+        ("large_flat", "isats"),
     ]
+    assert set(results["mismatch_check"]) == {"large", "large_flat"}
+    assert set(results["regime"]) == {"large_flat"}  # no KD run from `large`
+    smoothed = Path(results["teachers"]["large_flat"]["path"]).name
+    assert smoothed.startswith("resnet14-smoothed-")
     for row in results["table"]:
         assert 0.0 <= row["test_last_mean"] <= 1.0 and row["seeds"] == [0]
     for run in results["runs"]:
@@ -295,6 +303,28 @@ def test_capacity_mismatch_regime_check(capacity, small_acc, large_acc, kd_small
     ]
     check = capacity.regime_check(table, teachers)
     assert check["holds"] is holds
+    flat = capacity.regime_check(
+        [{**r, "teacher": "large_flat"} if r["teacher"] == "large" else r for r in table],
+        {**teachers, "large_flat": teachers["large"]},
+        role="large_flat",
+    )
+    assert flat["holds"] is holds and "(large_flat)" in flat["message"]
     assert check["kd_large_minus_small"] == pytest.approx(kd_large - kd_small)
     assert ("Regime shown" in check["message"]) is holds
     assert capacity.regime_check(table[:2], teachers) is None  # no KD row of the large one
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--teacher_roles=small,huge"], "--teacher_roles"),
+        (["--teacher_roles=large_flat"], "--flat_label_smoothing > 0"),
+        (["--flat_label_smoothing=1.5"], "--flat_label_smoothing must"),
+    ],
+)
+def test_capacity_mismatch_rejects_bad_teacher_flags(capacity, flags, message):
+    from absl import app
+
+    with pytest.raises(app.UsageError, match=message):
+        capacity._common.parse_flags(capacity.FLAGS, ["capacity_mismatch", *flags])
+        capacity.config_from_flags(["capacity_mismatch", *flags])

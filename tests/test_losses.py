@@ -1,4 +1,4 @@
-"""The KD term and RegT against the float64 NumPy reference."""
+"""The KD term, RegT and the smoothed cross-entropy against the float64 NumPy reference."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import reference as ref
 from helpers import assert_close, to_numpy
 
-from keras_kdcap import RegTLoss, distillation_loss
+from keras_kdcap import RegTLoss, SmoothedCrossEntropy, distillation_loss
 
 CASES = [(scale, classes) for scale in (1.0, 3.0, 10.0) for classes in (10, 100, 1000)]
 
@@ -76,3 +76,50 @@ def test_regt_trains_a_teacher_and_round_trips(rng, tmp_path):
 def test_regt_bad_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         RegTLoss(**kwargs)
+
+
+@pytest.mark.parametrize("scale,classes", CASES)
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5, 1.0])
+def test_smoothed_cross_entropy(rng, scale, classes, eps):
+    f = (rng.normal(size=(16, classes)) * scale).astype(np.float32)
+    y = rng.integers(0, classes, 16)
+    loss = SmoothedCrossEntropy(label_smoothing=eps)
+    expected = ref.smoothed_cross_entropy(f, y, eps)
+    assert_close("SmoothedCrossEntropy", loss.call(y, f), expected)
+    assert_close("SmoothedCrossEntropy.mean", loss(y, f), expected.mean())
+    one_hot = keras.ops.one_hot(y, classes)
+    assert_close("SmoothedCrossEntropy.onehot", loss.call(one_hot, f), expected)
+
+
+def test_smoothed_cross_entropy_matches_keras_one_hot(rng):
+    f = rng.normal(size=(8, 10)).astype(np.float32) * 3
+    y = rng.integers(0, 10, 8)
+    keras_loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2)
+    np.testing.assert_allclose(
+        to_numpy(SmoothedCrossEntropy(0.2)(y, f)),
+        to_numpy(keras_loss(keras.ops.one_hot(y, 10), f)),
+        rtol=1e-5,
+    )
+
+
+def test_smoothed_teacher_is_flatter(rng):
+    """Smoothing lowers the fitted teacher's non-target variance (what it is for)."""
+    x = rng.normal(size=(256, 8)).astype(np.float32)
+    y = (x[:, :5].argmax(-1)).astype("int32")
+    variances = {}
+    for eps in (0.0, 0.5):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(5)])
+        model.compile(keras.optimizers.Adam(0.05), loss=SmoothedCrossEntropy(eps))
+        model.fit(x, y, epochs=20, verbose=0)
+        logits = to_numpy(model(x)).astype(np.float64)
+        non_target = logits[np.arange(5)[None, :] != y[:, None]].reshape(len(y), 4)
+        renormalised = ref.softmax(non_target)  # the distribution over the other classes
+        variances[eps] = renormalised.var(-1).mean()
+    assert variances[0.5] < 0.5 * variances[0.0]
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.5])
+def test_smoothed_cross_entropy_bad_argument(eps):
+    with pytest.raises(ValueError, match="`label_smoothing`"):
+        SmoothedCrossEntropy(eps)

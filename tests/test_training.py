@@ -189,9 +189,9 @@ def test_resume_continues_at_the_right_epoch(cifar_256, tmp_path):
 
 
 def test_regt_switches_the_loss(cifar_256):
-    losses = pytest.importorskip("keras_kdcap.losses", reason="keras_kdcap.losses missing")
-    if not hasattr(losses, "RegTLoss"):
-        pytest.skip("keras_kdcap.losses.RegTLoss does not exist yet")
+    from keras_kdcap import losses
+    from keras_kdcap.training.teacher import _make_loss
+
     train_ds, _ = cifar_256
     model, history = training.train_teacher(
         _tiny_model(), train_ds, 1, regt={"gamma": 0.5, "temperature": 2.0}, verbose=0
@@ -199,9 +199,18 @@ def test_regt_switches_the_loss(cifar_256):
     assert isinstance(model.loss, losses.RegTLoss)
     assert model.loss.gamma == 0.5 and model.loss.temperature == 2.0
     assert np.isfinite(history["loss"][0])
-    from keras_kdcap.training.teacher import _make_loss
-
     instance = losses.RegTLoss(gamma=0.2)
-    assert _make_loss(instance) is instance
+    assert _make_loss(instance, None) is instance
     with pytest.raises(TypeError):
-        _make_loss(0.1)
+        _make_loss(0.1, None)
+
+
+def test_loss_argument(cifar_256):
+    from keras_kdcap import SmoothedCrossEntropy
+
+    train_ds, _ = cifar_256
+    smoothed = SmoothedCrossEntropy(0.2)
+    model, _ = training.train_teacher(_tiny_model(), train_ds, 1, loss=smoothed, verbose=0)
+    assert model.loss is smoothed
+    with pytest.raises(ValueError, match="either `regt` or `loss`"):
+        training.train_teacher(_tiny_model(), train_ds, 1, regt={}, loss=smoothed, verbose=0)

@@ -108,7 +108,11 @@ def _steps_per_epoch(train_ds: Any) -> int:
     )
 
 
-def _make_loss(regt: Any) -> keras.losses.Loss:
+def _make_loss(regt: Any, loss: keras.losses.Loss | None) -> keras.losses.Loss:
+    if loss is not None:
+        if regt is not None:
+            raise ValueError("pass either `regt` or `loss`, not both (RegTLoss is a loss too)")
+        return loss
     if regt is None:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     from keras_kdcap.losses import RegTLoss
@@ -141,6 +145,7 @@ def train_teacher(
     momentum: float = 0.9,
     weight_decay: float | None = 5e-4,
     regt: Any = None,
+    loss: keras.losses.Loss | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_epochs: Sequence[int] = (),
     resume: bool = True,
@@ -165,6 +170,8 @@ def train_teacher(
             penalty ``weight_decay / 2 * w ** 2``); None keeps the model's own regularizers.
         regt: None for cross-entropy, else ``RegTLoss`` arguments (a dict such as
             ``{"gamma": 0.1, "temperature": 4.0}``) or a ``RegTLoss`` instance.
+        loss: another loss on ``(int label, logits)``, e.g.
+            ``keras_kdcap.SmoothedCrossEntropy(0.1)``; not with ``regt``.
         checkpoint_dir: where to write ``teacher_epoch{E:03d}.keras``, ``teacher.keras``,
             ``history.csv`` and the ``backup/`` of ``BackupAndRestore``.
         checkpoint_epochs: numbers of completed epochs after which to save the teacher.
@@ -203,7 +210,7 @@ def train_teacher(
         apply_weight_decay(model, weight_decay)
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=False),
-        loss=_make_loss(regt),
+        loss=_make_loss(regt, loss),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
 
