@@ -944,9 +944,7 @@ def regime_check(
     }
 
 
-def teacher_check(
-    reports: dict[str, dict], role: str, temperature: float
-) -> dict[str, Any] | None:
+def teacher_check(reports: dict[str, dict], role: str, temperature: float) -> dict[str, Any] | None:
     """The teachers' side of the regime: is the large teacher flatter and more accurate?
 
     Args:
