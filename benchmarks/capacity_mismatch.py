@@ -67,7 +67,7 @@ from keras_kdcap import (  # noqa: E402
     FixedTemperature,
     SmoothedCrossEntropy,
 )
-from keras_kdcap.analysis import non_target_stats  # noqa: E402
+from keras_kdcap.analysis import non_target_stats, rank_agreement, tau_star_stats  # noqa: E402
 from keras_kdcap.baselines.callbacks import PolicyEpochCallback  # noqa: E402
 from keras_kdcap.data import (  # noqa: E402
     ArrayImageDataset,
@@ -200,6 +200,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_bool("tune", False, "Tune ISATS on the validation split first.", flag_values=FLAGS)
 flags.DEFINE_bool("tune_only", False, "Stop after tuning.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "teachers_only",
+    False,
+    "Train (or load) the teachers, print their table and the checks, and stop: check that "
+    "the teachers show the regime before spending the students' time.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string("tune_target_ratios", "1,2,3", "Tuning grid: target_ratio.", flag_values=FLAGS)
 flags.DEFINE_string("tune_fallbacks", "2,4", "Tuning grid: fallback T.", flag_values=FLAGS)
 flags.DEFINE_string(
@@ -489,17 +496,26 @@ def get_teacher(role: str, data: Data, cfg: dict[str, Any]) -> tuple[keras.Model
     return model, {**training, "cached": False, "path": str(folder)}
 
 
-def teacher_report(model: keras.Model, data: Data, cfg: dict[str, Any]) -> dict[str, Any]:
+def teacher_report(
+    model: keras.Model,
+    data: Data,
+    cfg: dict[str, Any],
+    small_logits: np.ndarray | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
     """Accuracies, params and the dark-knowledge statistics of one teacher.
 
     Args:
         model: the teacher.
         data: the data.
         cfg: the configuration.
+        small_logits: the small teacher's logits on the clean training images,
+            to measure how alike the two rank the non-target classes.
 
     Returns:
-        `{"params", "train_accuracy", "val_accuracy", "test_accuracy",
-        "non_target_variance_T", "non_target_std_T", "target_first"}`
+        `(report, train_logits)`: the report has `params`, the accuracies,
+        `non_target_variance_T`, `non_target_std_T`, `target_first`, the
+        median ISATS temperature `tau_star_median` (default grid) and, with
+        `small_logits`, `spearman_vs_small` and `overlap5_vs_small`
         (statistics on the clean training images).
     """
     train_acc, train_logits = accuracy(model, data, "train")
@@ -511,7 +527,7 @@ def teacher_report(model: keras.Model, data: Data, cfg: dict[str, Any]) -> dict[
     first = np.asarray(
         keras.ops.convert_to_numpy(label_ranked_first(train_logits, labels.astype("int32")))
     )
-    return {
+    report = {
         "params": count_params(model),
         "train_accuracy": train_acc,
         "val_accuracy": val_acc,
@@ -522,7 +538,13 @@ def teacher_report(model: keras.Model, data: Data, cfg: dict[str, Any]) -> dict[
         "target_probability_T": stats["target_probability"],
         "target_first": float(first.mean()),
         "temperature": cfg["temperature"],
+        "tau_star_median": float(tau_star_stats(train_logits, labels)["median"]),
     }
+    if small_logits is not None:
+        agreement = rank_agreement(small_logits, train_logits, labels, k=5)
+        report["spearman_vs_small"] = agreement["spearman"]
+        report["overlap5_vs_small"] = agreement["overlap@5"]
+    return report, train_logits
 
 
 # --------------------------------------------------------------------- students
@@ -973,6 +995,10 @@ def teacher_check(reports: dict[str, dict], role: str, temperature: float) -> di
     }
 
 
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _pct(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "-"
@@ -1007,6 +1033,8 @@ def tables(results: dict[str, Any]) -> str:
                 f"{100 * t['test_accuracy']:.2f}",
                 f"{t['non_target_variance_T']:.3e}",
                 f"{100 * t['target_first']:.2f}",
+                _number(t.get("tau_star_median"), ".2f"),
+                _number(t.get("spearman_vs_small"), ".3f"),
             ]
         )
     parts.append(
@@ -1019,6 +1047,8 @@ def tables(results: dict[str, Any]) -> str:
                 "test acc %",
                 f"non-target var (T={cfg['temperature']:g})",
                 "target first %",
+                "tau* median",
+                "Spearman vs small",
             ],
             rows,
         )
@@ -1094,14 +1124,14 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["tune"] and "large" not in roles:
         roles.append("large")
     teachers, reports, timings = {}, {}, {}
-    for role in roles:
+    small_logits = None
+    for role in roles:  # `small` first
         model, info = get_teacher(role, data, cfg)
         teachers[role] = model
-        reports[role] = {
-            "model": teacher_key(role, cfg)["model"],
-            **info,
-            **teacher_report(model, data, cfg),
-        }
+        report, logits = teacher_report(model, data, cfg, small_logits)
+        if role == "small":
+            small_logits = logits
+        reports[role] = {"model": teacher_key(role, cfg)["model"], **info, **report}
     timings["teachers_seconds"] = time.perf_counter() - start
     mismatch = {}
     for role in LARGE_ROLES:
@@ -1137,12 +1167,12 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
             "load_average_end": _common.load_average(),
         }
 
-    if cfg["tune"]:
+    if cfg["tune"] and not cfg["teachers_only"]:
         tuning = run_tuning(data, teachers, cfg)
         isats = {k: tuning["choice"][k] for k in TUNED}
         timings["tuning_seconds"] = time.perf_counter() - start - sum(timings.values())
         _common.write_json(cfg["output"], assemble(complete=False))
-    if not cfg["tune_only"]:
+    if not (cfg["tune_only"] or cfg["teachers_only"]):
         use_cache = cache_fits(data, cfg)
         for seed in cfg["seeds"]:
             cache: dict[str, TeacherLogits] = {}
@@ -1268,6 +1298,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "isats_student_temperature": _student_temperature(FLAGS.isats_student_temperature),
         "tune": FLAGS.tune or FLAGS.tune_only,
         "tune_only": FLAGS.tune_only,
+        "teachers_only": FLAGS.teachers_only,
         "tune_target_ratios": _floats(FLAGS.tune_target_ratios, "tune_target_ratios"),
         "tune_fallbacks": _floats(FLAGS.tune_fallbacks, "tune_fallbacks"),
         "tune_grids": _common.parse_list(FLAGS.tune_grids),

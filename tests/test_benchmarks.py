@@ -221,6 +221,11 @@ def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
         for key in ("train_accuracy", "test_accuracy", "target_first"):
             assert 0.0 <= teacher[key] <= 1.0
         assert teacher["non_target_variance_T"] > 0
+        assert 0.5 <= teacher["tau_star_median"] <= 20.0  # the default ISATS grid
+    assert "spearman_vs_small" not in results["teachers"]["small"]
+    for role in ("large", "large_flat"):
+        assert -1.0 <= results["teachers"][role]["spearman_vs_small"] <= 1.0
+        assert 0.0 <= results["teachers"][role]["overlap5_vs_small"] <= 1.0
     assert [(r["teacher"], r["method"]) for r in results["table"]] == [
         (None, "ce"),
         ("small", "kd"),
@@ -328,3 +333,30 @@ def test_capacity_mismatch_rejects_bad_teacher_flags(capacity, flags, message):
     with pytest.raises(app.UsageError, match=message):
         capacity._common.parse_flags(capacity.FLAGS, ["capacity_mismatch", *flags])
         capacity.config_from_flags(["capacity_mismatch", *flags])
+
+
+def test_capacity_mismatch_teachers_only(capacity, tmp_path, one_thread):
+    if not (_data_dir() / "train.npz").is_file():
+        pytest.skip(f"offline CIFAR-100 not found at {_data_dir()} (set KDCAP_CIFAR100_DIR)")
+    output = tmp_path / "teachers.json"
+    argv = [
+        "capacity_mismatch",
+        f"--data_dir={_data_dir()}",
+        f"--cache_dir={tmp_path / 'cache'}",
+        f"--output={output}",
+        "--small_teacher=resnet8",
+        "--large_teacher=resnet14",
+        "--per_class=1",
+        "--val_per_class=0",
+        "--test_per_class=1",
+        "--teacher_epochs=1",
+        "--batch_size=50",
+        "--tune",
+        "--teachers_only",
+        "--threads=1",
+    ]
+    results = capacity.main(argv)
+    assert set(results["teachers"]) == {"small", "large", "large_regt"}
+    assert results["runs"] == [] and results["tuning"] is None and results["regime"] == {}
+    assert -1.0 <= results["teachers"]["large"]["spearman_vs_small"] < 1.0
+    assert json.loads(output.read_text())["complete"] is True
