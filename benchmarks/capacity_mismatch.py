@@ -1074,6 +1074,8 @@ def tables(results: dict[str, Any]) -> str:
                 first,
             ]
         )
+    if not rows:  # --teachers_only
+        return "\n".join(parts)
     parts.append("")
     parts.append(
         _common.markdown_table(

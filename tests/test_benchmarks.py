@@ -358,5 +358,7 @@ def test_capacity_mismatch_teachers_only(capacity, tmp_path, one_thread):
     results = capacity.main(argv)
     assert set(results["teachers"]) == {"small", "large", "large_regt"}
     assert results["runs"] == [] and results["tuning"] is None and results["regime"] == {}
+    assert "| teacher | model |" in results["markdown"]
+    assert "| teacher | method |" not in results["markdown"]  # no empty student table
     assert -1.0 <= results["teachers"]["large"]["spearman_vs_small"] < 1.0
     assert json.loads(output.read_text())["complete"] is True
