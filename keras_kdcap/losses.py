@@ -39,6 +39,25 @@ def distillation_loss(
     return kl
 
 
+def _cross_entropy_parts(y_true, y_pred):
+    """The pieces the teacher-training losses share.
+
+    Args:
+        y_true: sparse labels `[B]`/`[B, 1]` or one-hot `[B, C]`.
+        y_pred: `[B, C]` logits.
+
+    Returns:
+        `(logits, labels, log_probs, ce)`: float32 logits, int `[B]` labels,
+        the log-softmax and the per-sample cross-entropy `[B]`.
+    """
+    logits = kd_ops.as_float32(y_pred)
+    num_classes = logits.shape[-1]
+    labels = kd_ops.sparse_labels(y_true, num_classes)
+    log_probs = ops.log_softmax(logits, axis=-1)
+    ce = -ops.sum(log_probs * kd_ops.target_mask(labels, num_classes), axis=-1)
+    return logits, labels, log_probs, ce
+
+
 @keras.saving.register_keras_serializable(package="keras_kdcap")
 class RegTLoss(keras.losses.Loss):
     """RegT: cross-entropy minus a reward for distinct non-target probabilities.
@@ -76,11 +95,8 @@ class RegTLoss(keras.losses.Loss):
         Returns:
             float32 `[B]` losses.
         """
-        logits = kd_ops.as_float32(y_pred)
+        logits, labels, _, ce = _cross_entropy_parts(y_true, y_pred)
         num_classes = logits.shape[-1]
-        labels = kd_ops.sparse_labels(y_true, num_classes)
-        log_probs = ops.log_softmax(logits, axis=-1)
-        ce = -ops.sum(log_probs * kd_ops.target_mask(labels, num_classes), axis=-1)
         probs = kd_ops.tempered_softmax(logits, self.temperature)
         variance = kd_ops.non_target_variance(probs, labels)
         return ce - self.gamma * (num_classes - 1) * variance
@@ -122,11 +138,7 @@ class SmoothedCrossEntropy(keras.losses.Loss):
         Returns:
             float32 `[B]` losses.
         """
-        logits = kd_ops.as_float32(y_pred)
-        num_classes = logits.shape[-1]
-        labels = kd_ops.sparse_labels(y_true, num_classes)
-        log_probs = ops.log_softmax(logits, axis=-1)
-        target = -ops.sum(log_probs * kd_ops.target_mask(labels, num_classes), axis=-1)
+        _, _, log_probs, target = _cross_entropy_parts(y_true, y_pred)
         uniform = -ops.mean(log_probs, axis=-1)
         return (1.0 - self.label_smoothing) * target + self.label_smoothing * uniform
 
