@@ -18,7 +18,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,20 @@ def parse_flags(flag_values: Any, argv: Sequence[str]) -> None:
     rest = flag_values(list(argv))
     if len(rest) > 1:
         raise app.UsageError(f"unexpected arguments: {rest[1:]}")
+
+
+def check_at_least_one(values: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Raises a usage error naming the first flag in `names` whose value is below 1.
+
+    Args:
+        values: flag name -> value (`FlagValues.flag_values_dict()` or a config).
+        names: the flags to check.
+    """
+    from absl import app
+
+    for name in names:
+        if values[name] < 1:
+            raise app.UsageError(f"--{name} must be >= 1.")
 
 
 def run_as_script(flag_values: Any, run: Callable[[Sequence[str]], Any]) -> None:

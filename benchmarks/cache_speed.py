@@ -35,7 +35,7 @@ from typing import Any
 
 import keras
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -165,10 +165,9 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         The result record (also written to the JSON file).
     """
     _common.parse_flags(FLAGS, argv)
-    for name in ("batch_size", "classes", "steps", "repeats"):
-        if FLAGS[name].value < 1:
-            raise app.UsageError(f"--{name} must be >= 1.")
-    result = run({name: FLAGS[name].value for name in FLAGS})
+    cfg = FLAGS.flag_values_dict()
+    _common.check_at_least_one(cfg, ("batch_size", "classes", "steps", "repeats"))
+    result = run(cfg)
     result["command"] = " ".join(argv)
     print_table(result)
     default = _common.RESULTS_DIR / f"cache_speed_{result['backend']}.json"

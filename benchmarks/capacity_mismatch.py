@@ -77,7 +77,7 @@ from keras_kdcap.data import (  # noqa: E402
     load_cifar100_arrays,
     stratified_indices,
 )
-from keras_kdcap.distiller import TEACHER_LOGITS_KEY  # noqa: E402
+from keras_kdcap.distiller import with_teacher_logits  # noqa: E402
 from keras_kdcap.models import count_params  # noqa: E402
 from keras_kdcap.ops import label_ranked_first  # noqa: E402
 from keras_kdcap.policies import get_policy, get_policy_names  # noqa: E402
@@ -681,7 +681,7 @@ def _with_teacher_logits(batch: tuple, logits: Any) -> tuple:
     """`((x, y), f)` -> `({"inputs": x, "teacher_logits": f}, y)` (a named function:
     AutoGraph cannot read the source of a lambda here and warns on every epoch)."""
     x, y = batch
-    return {"inputs": x, TEACHER_LOGITS_KEY: logits}, y
+    return with_teacher_logits(x, logits), y
 
 
 def resolve_pipeline(name: str) -> str:
@@ -1131,8 +1131,6 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
         roles.append("large_flat")
     if "regt_kd" in cfg["methods"]:
         roles.append("large_regt")
-    if cfg["tune"] and "large" not in roles:
-        roles.append("large")
     teachers, reports, timings = {}, {}, {}
     small_logits = None
     for role in roles:  # `small` first
@@ -1331,9 +1329,9 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         cfg["cache_dir"] = str(Path(FLAGS.cache_dir) / "smoke")
     for grid in [cfg["isats_grid"], *cfg["tune_grids"]]:
         parse_grid(grid)
-    for name in ("per_class", "teacher_epochs", "epochs", "batch_size", "eval_every"):
-        if cfg[name] < 1:
-            raise app.UsageError(f"--{name} must be >= 1.")
+    _common.check_at_least_one(
+        cfg, ("per_class", "teacher_epochs", "epochs", "batch_size", "eval_every")
+    )
     if not cfg["seeds"]:
         raise app.UsageError("--seeds is empty.")
     unknown = [r for r in cfg["teacher_roles"] if r not in TEACHER_ROLES]

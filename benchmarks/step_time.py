@@ -829,9 +829,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
     unknown = [n for n in policies if n not in get_policy_names()]
     if unknown:
         raise app.UsageError(f"--policies: unknown {unknown}; choose from {get_policy_names()}.")
-    for name in ("batch_size", "repeats", "steps"):
-        if getattr(FLAGS, name) < 1:
-            raise app.UsageError(f"--{name} must be >= 1.")
+    _common.check_at_least_one(FLAGS.flag_values_dict(), ("batch_size", "repeats", "steps"))
     if FLAGS.warmup < 0:
         raise app.UsageError("--warmup must be >= 0.")
     parse_pairs(FLAGS.pairs)

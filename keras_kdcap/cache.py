@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
-from keras_kdcap.distiller import TEACHER_LOGITS_KEY
+from keras_kdcap.distiller import with_teacher_logits
 
 #: version of the cache file layout.
 CACHE_FORMAT = 1
@@ -350,8 +350,7 @@ class TeacherCache:
             >>> distiller.fit(x, y, sample_weight=w, batch_size=64)  # doctest: +SKIP
         """
         self._check_built()
-        inputs = {"inputs": self.inputs, TEACHER_LOGITS_KEY: self.logits}
-        return inputs, self.labels, self.sample_weight
+        return with_teacher_logits(self.inputs, self.logits), self.labels, self.sample_weight
 
     def dataset(
         self,

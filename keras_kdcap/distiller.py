@@ -25,14 +25,28 @@ BASE_METRICS = ("ce_loss", "kd_loss", "target_first")
 GUARD_METRICS = ("invalid_labels", "nonfinite_teacher")
 
 
-#: key of a batch dict holding precomputed teacher logits (see keras_kdcap.cache).
+#: keys of a batch dict holding precomputed teacher logits (see keras_kdcap.cache).
+INPUTS_KEY = "inputs"
 TEACHER_LOGITS_KEY = "teacher_logits"
+
+
+def with_teacher_logits(inputs, logits) -> dict:
+    """The batch `{"inputs": inputs, "teacher_logits": logits}` (`split_cached` undoes it).
+
+    Args:
+        inputs: the student's inputs.
+        logits: the teacher's logits for them.
+
+    Returns:
+        The dict the Distiller takes in place of `x` to skip the teacher.
+    """
+    return {INPUTS_KEY: inputs, TEACHER_LOGITS_KEY: logits}
 
 
 def split_cached(x):
     """Splits `{"inputs": x, "teacher_logits": f}` batches into `(x, f)`; else `(x, None)`."""
     if isinstance(x, dict) and TEACHER_LOGITS_KEY in x:
-        return x["inputs"], x[TEACHER_LOGITS_KEY]
+        return x[INPUTS_KEY], x[TEACHER_LOGITS_KEY]
     return x, None
 
 
@@ -317,8 +331,9 @@ class Distiller(keras.Model):
 
         with torch.no_grad():
             logits = self.teacher(inputs, training=False)
-        x = {"inputs": inputs, TEACHER_LOGITS_KEY: logits}
-        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        return keras.utils.pack_x_y_sample_weight(
+            with_teacher_logits(inputs, logits), y, sample_weight
+        )
 
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, with the input checks and teacher protection.

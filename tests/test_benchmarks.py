@@ -185,31 +185,40 @@ def test_capacity_mismatch_tuning_trials(capacity):
     assert len(grid) == 3 * 2 * 2 * 2 and len({tuple(t.values()) for t in grid}) == 24
 
 
-def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
+def _tiny_capacity_argv(tmp_path, output, *flags):
+    """A one-image-per-class run of capacity_mismatch on the offline CIFAR-100 copy."""
     if not (_data_dir() / "train.npz").is_file():
         pytest.skip(f"offline CIFAR-100 not found at {_data_dir()} (set KDCAP_CIFAR100_DIR)")
-    output = tmp_path / "capacity.json"
-    argv = [
+    return [
         "capacity_mismatch",
         f"--data_dir={_data_dir()}",
         f"--cache_dir={tmp_path / 'cache'}",
         f"--output={output}",
-        "--student=resnet8",
         "--small_teacher=resnet8",
         "--large_teacher=resnet14",
         "--per_class=1",
-        "--val_per_class=1",
         "--test_per_class=1",
         "--teacher_epochs=1",
-        "--epochs=1",
         "--batch_size=50",
+        "--threads=1",
+        *flags,
+    ]
+
+
+def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
+    output = tmp_path / "capacity.json"
+    argv = _tiny_capacity_argv(
+        tmp_path,
+        output,
+        "--student=resnet8",
+        "--val_per_class=1",
+        "--epochs=1",
         "--seeds=0",
         "--methods=ce,kd,isats",
         "--teacher_roles=small,large_flat",
         "--flat_label_smoothing=0.2",
         "--teacher_dtype_policy=float32",
-        "--threads=1",
-    ]
+    )
     returned = capacity.main(argv)
     results = json.loads(output.read_text())
     assert results["benchmark"] == "capacity_mismatch"
@@ -336,25 +345,8 @@ def test_capacity_mismatch_rejects_bad_teacher_flags(capacity, flags, message):
 
 
 def test_capacity_mismatch_teachers_only(capacity, tmp_path, one_thread):
-    if not (_data_dir() / "train.npz").is_file():
-        pytest.skip(f"offline CIFAR-100 not found at {_data_dir()} (set KDCAP_CIFAR100_DIR)")
     output = tmp_path / "teachers.json"
-    argv = [
-        "capacity_mismatch",
-        f"--data_dir={_data_dir()}",
-        f"--cache_dir={tmp_path / 'cache'}",
-        f"--output={output}",
-        "--small_teacher=resnet8",
-        "--large_teacher=resnet14",
-        "--per_class=1",
-        "--val_per_class=0",
-        "--test_per_class=1",
-        "--teacher_epochs=1",
-        "--batch_size=50",
-        "--tune",
-        "--teachers_only",
-        "--threads=1",
-    ]
+    argv = _tiny_capacity_argv(tmp_path, output, "--val_per_class=0", "--tune", "--teachers_only")
     results = capacity.main(argv)
     assert set(results["teachers"]) == {"small", "large", "large_regt"}
     assert results["runs"] == [] and results["tuning"] is None and results["regime"] == {}
