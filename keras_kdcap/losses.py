@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -148,56 +150,6 @@ class SmoothedCrossEntropy(keras.losses.Loss):
         return config
 
 
-#: stands in for -inf where the target class is masked out of a softmax.
-_MASKED = -1e30
-
-
-def decoupled_kl(teacher_logits, student_logits, labels, temperature):
-    """DKD's two parts of the KL at temperature `T`, per sample, without `T^2`.
-
-    TCKD is the KL between the binary distributions `[p_t, 1 - p_t]` of the
-    teacher and the student at `T`; NCKD the KL between their distributions
-    over the non-target classes, renormalised (Zhao et al., CVPR 2022). Both
-    are computed from logits (the target's log-odds and a log-softmax over
-    the non-target classes), so a confident teacher gives no `log(0)`.
-
-    Args:
-        teacher_logits: `[B, C]` teacher logits.
-        student_logits: `[B, C]` student logits.
-        labels: int `[B]` labels.
-        temperature: `T`, scalar or `[B]`.
-
-    Returns:
-        `(tckd, nckd)`, two float32 `[B]` tensors.
-    """
-    num_classes = student_logits.shape[-1]
-    mask = kd_ops.target_mask(labels, num_classes, dtype="bool")
-    temperature = kd_ops.as_float32(temperature)
-    if len(temperature.shape) == 1:
-        temperature = ops.expand_dims(temperature, -1)
-    log_odds, log_rest = [], []
-    for logits in (teacher_logits, student_logits):
-        scaled = kd_ops.as_float32(logits) / temperature
-        masked = ops.where(mask, _MASKED, scaled)
-        # log(p_t / (1 - p_t)) = f_y / T - logsumexp_{c != y}(f_c / T)
-        target = ops.sum(ops.where(mask, scaled, 0.0), axis=-1)
-        log_odds.append(target - ops.logsumexp(masked, axis=-1))
-        log_rest.append(ops.log_softmax(masked, axis=-1))
-    teacher_odds, student_odds = log_odds
-    # KL(Bernoulli(sigmoid(a)) || Bernoulli(sigmoid(b))) = sp(b) - sp(a) + sigmoid(a) (a - b):
-    # no log(1 - p_t), and far less cancellation than summing the two terms.
-    tckd = (
-        ops.softplus(student_odds)
-        - ops.softplus(teacher_odds)
-        + ops.sigmoid(teacher_odds) * (teacher_odds - student_odds)
-    )
-    teacher_rest, student_rest = log_rest
-    nckd = ops.sum(
-        ops.where(mask, 0.0, ops.exp(teacher_rest) * (teacher_rest - student_rest)), axis=-1
-    )
-    return tckd, nckd
-
-
 def dkd_loss(
     teacher_logits,
     student_logits,
@@ -206,32 +158,48 @@ def dkd_loss(
     beta: float = 8.0,
     temperature: float = 4.0,
 ):
-    """Decoupled KD per sample: `T^2 * (alpha * TCKD + beta * NCKD)`, in float32.
+    """Deprecated: `DKD(tckd_weight, nckd_weight, temperature, warmup_epochs=0).kd_loss`.
 
-    The loss of each sample before batch averaging (mdistiller averages it
-    over the batch). Defaults are mdistiller's CIFAR-100 settings.
+    DKD's formula lives in `keras_kdcap.policies.dkd` only; this wrapper goes
+    in the next release.
 
     Args:
         teacher_logits: `[B, C]` teacher logits.
         student_logits: `[B, C]` student logits.
         labels: `[B]`, `[B, 1]` or one-hot `[B, C]` labels.
-        alpha: weight of TCKD, >= 0.
-        beta: weight of NCKD, >= 0.
-        temperature: `T`, > 0 (a number, or a `[B]` tensor of them).
+        alpha: weight of TCKD (`DKD`'s `tckd_weight`), >= 0.
+        beta: weight of NCKD (`DKD`'s `nckd_weight`), >= 0.
+        temperature: `T`, > 0.
 
     Returns:
-        float32 `[B]` losses.
-
-    Example:
-        >>> loss = dkd_loss(keras.ops.ones((2, 5)), keras.ops.zeros((2, 5)), [0, 3])
+        float32 `[B]` losses `T^2 * (alpha * TCKD + beta * NCKD)`.
     """
-    alpha = check_non_negative("alpha", alpha)
-    beta = check_non_negative("beta", beta)
-    if isinstance(temperature, (int, float)):
-        temperature = check_positive("temperature", temperature)
-    teacher_logits = kd_ops.as_float32(teacher_logits)
+    from keras_kdcap.policies.dkd import DKD
+
+    warnings.warn(
+        "keras_kdcap.losses.dkd_loss is deprecated: use "
+        "DKD(tckd_weight, nckd_weight, temperature, warmup_epochs=0).kd_loss(...); "
+        "it goes in the next release.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    policy = DKD(tckd_weight=alpha, nckd_weight=beta, temperature=temperature, warmup_epochs=0)
     student_logits = kd_ops.as_float32(student_logits)
     labels = kd_ops.sparse_labels(labels, student_logits.shape[-1])
-    tckd, nckd = decoupled_kl(teacher_logits, student_logits, labels, temperature)
-    temperature = kd_ops.as_float32(temperature)
-    return temperature * temperature * (alpha * tckd + beta * nckd)
+    loss, _, _ = policy.kd_loss(kd_ops.as_float32(teacher_logits), student_logits, labels)
+    return loss
+
+
+def __getattr__(name: str):
+    """`decoupled_kl` moved to `keras_kdcap.policies.dkd` (deprecated alias)."""
+    if name == "decoupled_kl":
+        from keras_kdcap.policies import dkd
+
+        warnings.warn(
+            "keras_kdcap.losses.decoupled_kl moved to keras_kdcap.policies.dkd.decoupled_kl; "
+            "the old path goes in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return dkd.decoupled_kl
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

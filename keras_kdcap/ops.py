@@ -8,8 +8,6 @@ The formulas are those of METHODS.md.
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
 #: the capped target logit `f_y / tau1` is kept this factor above `m / tau2`,
@@ -187,101 +185,6 @@ def non_target_variance(probs, labels):
     return ops.sum(centred * centred, axis=-1) / count
 
 
-def temperature_grid(min_temperature: float, max_temperature: float, num_candidates: int):
-    """Log-spaced candidate temperatures, both ends included.
-
-    Args:
-        min_temperature: smallest candidate, > 0.
-        max_temperature: largest candidate, > min_temperature.
-        num_candidates: K >= 2.
-
-    Returns:
-        float32 `[K]` tensor.
-    """
-    return ops.exp(
-        ops.linspace(math.log(min_temperature), math.log(max_temperature), num_candidates)
-    )
-
-
-def _log_variance(scaled, labels):
-    """`log v(q)` of `softmax(scaled)` along the last axis, free of underflow: `[B, K]`.
-
-    With `m` the largest non-target entry of `scaled`, `L` its log-partition
-    and `r_c = exp(scaled_c - m)` (largest non-target entry 1), `q = exp(m - L) r`
-    and `log v(q) = 2 (m - L) + log v(r)`. Computing `v(q)` from float32
-    probabilities instead underflows to 0 at every temperature once the label
-    leads by more than about 44 * tau_max (a confident teacher), and the
-    arg-max then falls on the first grid point, `min_temperature`. `log 0 =
-    -inf` where `v(r) = 0` (equal non-target logits, C = 2).
-    """
-    mask = ops.expand_dims(target_mask(labels, scaled.shape[-1], dtype="bool"), 1)
-    log_total = ops.logsumexp(scaled, axis=-1)
-    top = ops.max(ops.where(mask, -float("inf"), scaled), axis=-1)
-    relative = ops.exp(ops.where(mask, 0.0, scaled - ops.expand_dims(top, -1)))
-    return 2.0 * (top - log_total) + ops.log(non_target_variance(relative, labels))
-
-
-def _log_variance_at(logits, labels, temperatures):
-    """`log v(q(x; tau))` for every sample and candidate: `[B, K]`.
-
-    `temperatures` is a `[K]` grid shared by the batch or `[B, K]` per sample.
-    """
-    scaled = ops.expand_dims(logits, 1) / ops.expand_dims(temperatures, -1)
-    return _log_variance(scaled, labels)
-
-
-def isats_temperature(
-    logits,
-    labels,
-    min_temperature: float = 0.5,
-    max_temperature: float = 20.0,
-    num_candidates: int = 32,
-    refine: bool = False,
-    refine_candidates: int = 8,
-):
-    """Per-sample temperature maximising the non-target variance (ISATS).
-
-    One `[B, K, C]` evaluation over a log-spaced grid; the arg-max is taken
-    per sample. With `refine=True`, a second log-spaced grid of
-    `refine_candidates` points between the neighbours of the best grid point
-    is evaluated and the best of both grids is returned, so the variance at
-    the returned temperature is never below the grid's best.
-
-    Args:
-        logits: `[B, C]` teacher logits.
-        labels: int `[B]` labels.
-        min_temperature: lower end of the search, > 0.
-        max_temperature: upper end, > min_temperature.
-        num_candidates: grid size K >= 2.
-        refine: whether to refine around the best grid point.
-        refine_candidates: points of the refinement grid.
-
-    Returns:
-        float32 `[B]` temperatures, with `stop_gradient` applied.
-    """
-    logits = ops.stop_gradient(as_float32(logits))
-    grid = temperature_grid(min_temperature, max_temperature, num_candidates)
-    log_variance = _log_variance_at(logits, labels, grid)
-    best = ops.argmax(log_variance, axis=-1)
-    tau = ops.take(grid, best)
-    if refine:
-        step = (math.log(max_temperature) - math.log(min_temperature)) / (num_candidates - 1)
-        log_lo = ops.maximum(ops.log(tau) - step, math.log(min_temperature))
-        log_hi = ops.minimum(ops.log(tau) + step, math.log(max_temperature))
-        fractions = ops.linspace(0.0, 1.0, refine_candidates)
-        local = ops.exp(
-            ops.expand_dims(log_lo, -1)
-            + ops.expand_dims(log_hi - log_lo, -1) * ops.expand_dims(fractions, 0)
-        )
-        local_variance = _log_variance_at(logits, labels, local)
-        local_best = ops.argmax(local_variance, axis=-1)
-        local_tau = ops.take_along_axis(local, ops.expand_dims(local_best, -1), axis=-1)[:, 0]
-        local_value = ops.max(local_variance, axis=-1)
-        grid_value = ops.max(log_variance, axis=-1)
-        tau = ops.where(local_value > grid_value, local_tau, tau)
-    return ops.stop_gradient(tau)
-
-
 def keep_target_first(logits, labels, target_temperature, other_temperature):
     """Caps `tau1` per sample so the label stays ranked first under ATS.
 
@@ -338,3 +241,20 @@ def label_ranked_first(probs, labels):
         float32 `[B]` flags.
     """
     return ops.cast(target_logit(probs, labels) >= max_non_target_logit(probs, labels), "float32")
+
+
+def __getattr__(name: str):
+    """The ISATS search moved to `keras_kdcap.policies.isats` (deprecated aliases)."""
+    if name in ("isats_temperature", "temperature_grid"):
+        import warnings
+
+        from keras_kdcap.policies import isats
+
+        warnings.warn(
+            f"keras_kdcap.ops.{name} moved to keras_kdcap.policies.isats.{name}; "
+            "the old path goes in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(isats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 
 def check_positive(name: str, value: float) -> float:
@@ -96,3 +97,42 @@ def check_int_at_least(name: str, value: int, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
     return int(value)
+
+
+def renamed_argument(kwargs: dict, old: str, new: str, value, default, owner: str):
+    """The value of a renamed argument, taking the old name for one release.
+
+    Pops `old` from `kwargs`; if given, warns (`DeprecationWarning`) and
+    returns it, unless `new` was given too (an error).
+
+    Args:
+        kwargs: the caller's `**kwargs` (modified).
+        old: the deprecated name.
+        new: the current name.
+        value: the value passed as `new` (`default` when not passed).
+        default: `new`'s default.
+        owner: the class or function, for the messages.
+
+    Returns:
+        The value to use for `new`.
+    """
+    if old not in kwargs:
+        return value
+    old_value = kwargs.pop(old)
+    if value is not default and value != default:
+        raise TypeError(f"{owner}: pass `{new}` only (`{old}` is its deprecated name).")
+    warnings.warn(
+        f"{owner}: `{old}` is deprecated, use `{new}`; the old name goes in the next release.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old_value
+
+
+def deprecated_name(old: str, new: str, owner: str) -> None:
+    """Warns that `owner.old` is deprecated in favour of `new` (`DeprecationWarning`)."""
+    warnings.warn(
+        f"{owner}.{old} is deprecated, use {owner}.{new}; the old name goes in the next release.",
+        DeprecationWarning,
+        stacklevel=3,
+    )

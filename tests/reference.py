@@ -139,3 +139,18 @@ def cosine_relations(kernel, tau) -> np.ndarray:
         for j in range(c):
             r[i, j] = w[:, i] @ w[:, j] / (np.linalg.norm(w[:, i]) * np.linalg.norm(w[:, j]))
     return softmax(r / tau)
+
+
+def dkd(f, g, y, tckd_weight, nckd_weight, tau, warmup=1.0) -> np.ndarray:
+    """w T^2 (a TCKD + b NCKD): KL of [p_y, 1 - p_y] plus the renormalised non-target KL."""
+    out = []
+    for logits in (f, g):
+        p = tempered_softmax(logits, tau)
+        rows = np.arange(len(y))
+        target = p[rows, y]
+        rest = p[np.arange(p.shape[1]) != y[:, None]].reshape(len(y), -1)
+        out.append((np.stack([target, 1.0 - target], axis=1), rest / rest.sum(axis=1, keepdims=True)))
+    (bt, nt), (bs, ns) = out
+    tckd = np.sum(bt * np.log(bt / bs), axis=1)
+    nckd = np.sum(nt * np.log(nt / ns), axis=1)
+    return warmup * tau**2 * (tckd_weight * tckd + nckd_weight * nckd)

@@ -26,7 +26,6 @@ from keras_kdcap import (
 )
 from keras_kdcap.baselines import eskd, takd
 from keras_kdcap.baselines.callbacks import PolicyEpochCallback
-from keras_kdcap.losses import dkd_loss
 from keras_kdcap.policies import get_policy
 
 CASES = [(scale, classes) for scale in (1.0, 3.0, 10.0) for classes in (10, 100)]
@@ -181,18 +180,40 @@ def backend_grad(fn, x):
 )
 def test_dkd_loss_matches_reference(rng, scale, classes, alpha, beta, temperature):
     f, g, y = logits_pair(rng, scale, classes)
-    loss = dkd_loss(f, g, y, alpha=alpha, beta=beta, temperature=temperature)
-    check("dkd_loss", loss, ref_dkd(f, g, y, alpha, beta, temperature))
+    policy = DKD(tckd_weight=alpha, nckd_weight=beta, temperature=temperature, warmup_epochs=0)
+    loss, _, _ = kd_of(policy, f, g, y)
+    check("DKD.kd_loss", loss, ref_dkd(f, g, y, alpha, beta, temperature))
 
 
-def test_dkd_loss_accepts_one_hot_labels_and_reference_identity(rng):
+def test_deprecated_dkd_names_still_work(rng):
     f, g, y = logits_pair(rng, 3.0, 10)
     one_hot = np.eye(10, dtype=np.float32)[y]
-    np.testing.assert_allclose(
-        to_numpy(dkd_loss(f, g, one_hot, 1.0, 8.0, 4.0)),
-        to_numpy(dkd_loss(f, g, y, 1.0, 8.0, 4.0)),
-        rtol=1e-6,
-    )
+    expected = ref_dkd(f, g, y, 0.5, 2.0, 4.0)
+    with pytest.warns(DeprecationWarning, match="dkd_loss"):
+        from keras_kdcap.losses import dkd_loss
+
+        check("losses.dkd_loss", dkd_loss(f, g, one_hot, 0.5, 2.0, 4.0), expected)
+    with pytest.warns(DeprecationWarning, match="`alpha` is deprecated"):
+        policy = DKD(alpha=0.5, beta=2.0, warmup_epochs=0)
+    assert (policy.tckd_weight, policy.nckd_weight) == (0.5, 2.0)
+    check("DKD(alpha, beta)", kd_of(policy, f, g, y)[0], expected)
+    old_config = {**policy.get_config(), "alpha": 0.5, "beta": 2.0}  # a model saved before
+    for key in ("tckd_weight", "nckd_weight"):
+        old_config.pop(key)
+    with pytest.warns(DeprecationWarning):
+        restored = DKD.from_config(old_config)
+    assert (restored.tckd_weight, restored.nckd_weight) == (0.5, 2.0)
+    with pytest.raises(TypeError, match="tckd_weight"):
+        DKD(alpha=0.5, tckd_weight=2.0)
+    with pytest.warns(DeprecationWarning, match="decoupled_kl"):
+        from keras_kdcap.losses import decoupled_kl
+    from keras_kdcap.policies.dkd import decoupled_kl as moved
+
+    assert decoupled_kl is moved
+
+
+def test_dkd_reference_identity(rng):
+    f, g, y = logits_pair(rng, 3.0, 10)
     # the reference satisfies DKD's identity KL = TCKD + (1 - p_t^teacher) NCKD
     tckd, nckd = ref_dkd_terms(f, g, y, 4.0)
     p_other = 1.0 - np.exp(np_log_softmax(f / 4.0))[np.arange(len(y)), y]
@@ -202,7 +223,7 @@ def test_dkd_loss_accepts_one_hot_labels_and_reference_identity(rng):
 @pytest.mark.parametrize("scale,classes", CASES[::2])
 def test_dkd_policy_applies_warmup_and_scaling(rng, scale, classes):
     f, g, y = logits_pair(rng, scale, classes)
-    policy = DKD(alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=4)
+    policy = DKD(tckd_weight=1.0, nckd_weight=8.0, temperature=4.0, warmup_epochs=4)
     policy.set_epoch(1)  # second epoch: min(2 / 4, 1)
     loss, probs, stats = kd_of(policy, f, g, y)
     check("DKD.kd_loss", loss, 0.5 * ref_dkd(f, g, y, 1.0, 8.0, 4.0))
@@ -321,7 +342,7 @@ def test_sckd_weight_carries_no_gradient(rng):
 def test_ctkd_matches_reference(rng, scale, classes):
     f, g, y = logits_pair(rng, scale, classes)
     policy = CTKD(initial_temperature=5.0)
-    np.testing.assert_allclose(float(to_numpy(policy.temperature())), 5.0, rtol=1e-6)
+    np.testing.assert_allclose(float(to_numpy(policy.current_temperature())), 5.0, rtol=1e-6)
     loss, probs, stats = kd_of(policy, f, g, y)
     temperature = ref_ctkd_temperature(float(to_numpy(policy.temperature_logit)), 1.0, 21.0)
     check("CTKD.kd_loss", loss, ref_kd(f, g, temperature))
@@ -340,7 +361,7 @@ def test_ctkd_curriculum_and_bounds():
     bounded = CTKD(min_temperature=2.0, max_temperature=6.0, initial_temperature=3.0)
     for theta in (-80.0, 0.0, 80.0):
         bounded.temperature_logit.assign(theta)
-        value = float(to_numpy(bounded.temperature()))
+        value = float(to_numpy(bounded.current_temperature()))
         assert 2.0 <= value <= 6.0
         np.testing.assert_allclose(value, ref_ctkd_temperature(theta, 2.0, 6.0), rtol=1e-6)
 
@@ -425,20 +446,18 @@ def test_fit_lowers_loss_and_save_load_round_trip(rng, tmp_path, name):
     distiller = Distiller(teacher, _mlp())
     policy = POLICIES[name]()
     distiller.compile(keras.optimizers.Adam(1e-2), policy=policy, alpha=0.5, beta=0.5)
-    history = distiller.fit(
-        x, y, epochs=2, batch_size=32, verbose=0, callbacks=[PolicyEpochCallback()]
-    )
+    history = distiller.fit(x, y, epochs=2, batch_size=32, verbose=0)  # no epoch callback
     loss = history.history["loss"]
     assert loss[1] < loss[0], loss
     for metric in policy.metric_names:
         assert metric in history.history
     ctkd = policy if isinstance(policy, CTKD) else getattr(policy, "base_policy", None)
     if isinstance(ctkd, CTKD):
-        # the callback advanced the curriculum on every backend
+        # the Distiller advanced the curriculum on every backend
         np.testing.assert_allclose(
             history.history["ctkd_lambda"], [ref_ctkd_lambda(e, 1.0, 2) for e in (0, 1)], rtol=1e-6
         )
-        assert abs(float(to_numpy(ctkd.temperature())) - 4.0) > 1e-4  # it was trained
+        assert abs(float(to_numpy(ctkd.current_temperature())) - 4.0) > 1e-4  # it was trained
 
     path = tmp_path / f"{name}.keras"
     distiller.save(path)
@@ -452,12 +471,13 @@ def test_fit_lowers_loss_and_save_load_round_trip(rng, tmp_path, name):
         np.testing.assert_array_equal(to_numpy(restored), to_numpy(saved))
     if isinstance(ctkd, CTKD):
         restored = loaded.policy if isinstance(loaded.policy, CTKD) else loaded.policy.base_policy
-        assert float(to_numpy(restored.temperature())) == float(to_numpy(ctkd.temperature()))
+        assert float(to_numpy(restored.current_temperature())) == float(to_numpy(ctkd.current_temperature()))
         assert float(to_numpy(restored.epoch)) == 1.0
 
 
 def test_policy_epoch_callback_needs_a_distiller():
-    callback = PolicyEpochCallback()
+    with pytest.warns(DeprecationWarning, match="PolicyEpochCallback"):
+        callback = PolicyEpochCallback()
     callback.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]))
     with pytest.raises(ValueError, match="policy"):
         callback.on_epoch_begin(0)
@@ -467,8 +487,8 @@ def test_policy_epoch_callback_needs_a_distiller():
 # Arguments, registry, exports
 # --------------------------------------------------------------------------
 BAD_ARGUMENTS = [
-    (lambda: DKD(alpha=-1.0), "alpha"),
-    (lambda: DKD(beta=float("nan")), "beta"),
+    (lambda: DKD(tckd_weight=-1.0), "tckd_weight"),
+    (lambda: DKD(nckd_weight=float("nan")), "nckd_weight"),
     (lambda: DKD(temperature=0.0), "temperature"),
     (lambda: DKD(warmup_epochs=-1), "warmup_epochs"),
     (lambda: DKD(warmup_epochs=1.5), "warmup_epochs"),
@@ -486,8 +506,6 @@ BAD_ARGUMENTS = [
     (lambda: SCKD(temperature=0.0), "temperature"),
     (lambda: SCKD(weighting="cosine"), "weighting"),
     (lambda: SCKD(base_policy=DKD()), "base_policy"),
-    (lambda: dkd_loss(np.zeros((2, 3)), np.zeros((2, 3)), [0, 1], temperature=0.0), "temperature"),
-    (lambda: dkd_loss(np.zeros((2, 3)), np.zeros((2, 3)), [0, 1], alpha=-1.0), "alpha"),
     (lambda: DKD().set_epoch(-1), "epoch"),
 ]
 

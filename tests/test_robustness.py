@@ -16,6 +16,7 @@ from helpers import to_numpy
 
 from keras_kdcap import FGCR, ISATS, Distiller, distillation_loss, get_policy, get_policy_names
 from keras_kdcap import ops as kd_ops
+from keras_kdcap.policies.isats import isats_temperature
 
 MIN_T, MAX_T = 0.5, 20.0
 
@@ -88,7 +89,7 @@ def assert_distribution(name: str, probs) -> None:
 def test_ops_stay_finite(case, rng):
     f, y = make_case(case, rng)
     for refine in (False, True):
-        tau = assert_finite("tau*", kd_ops.isats_temperature(f, y, MIN_T, MAX_T, 16, refine))
+        tau = assert_finite("tau*", isats_temperature(f, y, MIN_T, MAX_T, 16, refine))
         assert np.all((tau >= MIN_T * (1 - 1e-6)) & (tau <= MAX_T * (1 + 1e-6))), tau
     for temperature in (MIN_T, MAX_T):
         assert_distribution("tempered_softmax", kd_ops.tempered_softmax(f, temperature))
@@ -131,7 +132,7 @@ def test_equal_logits_give_uniform_targets_and_the_lowest_temperature(rng):
     margin) keeps strictly first when the logits are positive.
     """
     f, y = make_case("all_equal", rng)
-    tau = to_numpy(kd_ops.isats_temperature(f, y, MIN_T, MAX_T, 16))
+    tau = to_numpy(isats_temperature(f, y, MIN_T, MAX_T, 16))
     np.testing.assert_allclose(tau, MIN_T, rtol=1e-6)
     probs, _ = ISATS(num_candidates=16)(f, y)
     probs = to_numpy(probs)
@@ -145,7 +146,7 @@ def test_equal_logits_give_uniform_targets_and_the_lowest_temperature(rng):
 def test_two_classes_reduce_isats_to_the_lowest_temperature(rng):
     """C = 2: one non-target entry, whose variance is 0: tau* = min_temperature."""
     f, y = make_case("classes_2", rng)
-    tau = to_numpy(kd_ops.isats_temperature(f, y, MIN_T, MAX_T, 16))
+    tau = to_numpy(isats_temperature(f, y, MIN_T, MAX_T, 16))
     np.testing.assert_allclose(tau, MIN_T, rtol=1e-6)
 
 
@@ -181,14 +182,14 @@ def test_confident_samples_search_agrees_with_float64(case, refine, rng):
     grid = ref.isats_grid(MIN_T, MAX_T, 16)
     expected = grid[np.argmax(log_variance_reference(f, y, grid), axis=1)]
     correct = to_numpy(kd_ops.label_ranked_first(f, y)) > 0.5
-    tau = to_numpy(kd_ops.isats_temperature(f, y, MIN_T, MAX_T, 16))
+    tau = to_numpy(isats_temperature(f, y, MIN_T, MAX_T, 16))
     np.testing.assert_allclose(tau[correct], expected[correct], rtol=1e-5)
     if case == "label_far_ahead":
         np.testing.assert_allclose(tau, MAX_T, rtol=1e-5)
         _, values = ref.isats_brute_force(f, y, MIN_T, MAX_T, 16)  # float64 still resolves it
         np.testing.assert_allclose(tau, grid[np.argmax(values, axis=1)], rtol=1e-5)
     if refine:
-        fine = to_numpy(kd_ops.isats_temperature(f, y, MIN_T, MAX_T, 16, refine=True))
+        fine = to_numpy(isats_temperature(f, y, MIN_T, MAX_T, 16, refine=True))
         assert np.all(fine[correct] >= tau[correct] * (1 - 1e-6))  # never below the grid's best
 
 

@@ -2,8 +2,8 @@
 
 The paper's first observation: the larger the teacher, the flatter (less
 distinct) its non-target probabilities. Measured per teacher and temperature
-with the same `keras_kdcap.ops` numerics the ISATS policy and the RegT loss
-use (`tempered_softmax`, `non_target_variance`, `isats_temperature`, all in
+with the same numerics the ISATS policy and the RegT loss use
+(`tempered_softmax`, `non_target_variance`, `isats_temperature`, all in
 float32 through `keras.ops`), so the analysis sees exactly what training sees;
 the per-sample values are then averaged in float64 NumPy.
 """
@@ -17,6 +17,7 @@ import numpy as np
 
 from keras_kdcap import ops as kd_ops
 from keras_kdcap.analysis._arrays import check_logits, labels_to_numpy, to_numpy
+from keras_kdcap.policies.isats import isats_temperature, temperature_grid
 
 
 def _chunks(num_samples: int, batch_size: int):
@@ -146,7 +147,7 @@ def tau_star_stats(
     """Distribution of the ISATS temperature tau*(x) over a dataset.
 
     tau*(x) = argmax over a log-spaced grid of v(q(x; tau)), computed by
-    `keras_kdcap.ops.isats_temperature` (the ISATS policy's own search, with
+    `keras_kdcap.policies.isats.isats_temperature` (the ISATS policy's own search, with
     the ISATS defaults), in chunks of `batch_size` samples.
 
     Args:
@@ -173,7 +174,7 @@ def tau_star_stats(
         raise ValueError("`logits` is empty: nothing to search.")
     taus = []
     for part in _chunks(len(labels), batch_size):
-        tau = kd_ops.isats_temperature(
+        tau = isats_temperature(
             logits[part],
             labels[part].astype(np.int32),
             min_temperature=min_temperature,
@@ -185,7 +186,7 @@ def tau_star_stats(
     tau = np.concatenate(taus)
     correct = np.argmax(logits, axis=-1) == labels
     grid = to_numpy(
-        kd_ops.temperature_grid(min_temperature, max_temperature, num_candidates), np.float64
+        temperature_grid(min_temperature, max_temperature, num_candidates), np.float64
     )
     return {
         "tau_star": tau,

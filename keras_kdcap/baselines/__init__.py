@@ -2,8 +2,8 @@
 
 - `eskd`: distil from an early-stopped teacher checkpoint (`select_checkpoint`).
 - `takd`: teacher -> assistant(s) -> student chains of plain KD (`distill_chain`).
-- `callbacks`: `PolicyEpochCallback`, which tells epoch-aware policies (DKD's
-  warm-up, CTKD's curriculum) the current epoch.
+- `callbacks`: `PolicyEpochCallback`, deprecated (`Distiller.fit` tells
+  epoch-driven policies the epoch itself).
 
 SCKD, DKD, CTKD and logit standardisation are policies: see
 `keras_kdcap.policies`.

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 
 import keras
 
-from keras_kdcap.baselines.callbacks import PolicyEpochCallback
 from keras_kdcap.distiller import Distiller
 from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.policies.fixed import FixedTemperature
@@ -32,8 +31,8 @@ def distill_chain(
     model is trained by a fresh `Distiller(models[i - 1], models[i])` with a
     fresh optimizer and policy, then serves as the next one's teacher. The
     assistants come back with their `trainable` flag as it was before the
-    chain; the teacher stays frozen. A `PolicyEpochCallback` is added to
-    every stage, so epoch-aware policies (DKD, CTKD) work too.
+    chain; the teacher stays frozen. Each stage's `fit` advances
+    epoch-driven policies (DKD, CTKD) itself.
 
     Args:
         models: `[teacher, assistant_1, ..., student]`, at least two models.
@@ -94,7 +93,7 @@ def distill_chain(
                 temperature_scaling=temperature_scaling,
                 metrics=metrics,
             )
-            callbacks = [PolicyEpochCallback(), *user_callbacks]
+            callbacks = list(user_callbacks)
             if isinstance(train_data, tuple) and len(train_data) == 2:
                 x, y = train_data
                 history = distiller.fit(

@@ -1,4 +1,9 @@
-"""Temperature policies: one file per distillation method."""
+"""Temperature policies: one file per distillation method.
+
+A new policy is exported here (import and `__all__`); `keras_kdcap` re-exports
+this `__all__`, and its `registry_name` registers it on import
+(docs/policies/adding.md).
+"""
 
 from keras_kdcap.policies.ats import ATS
 from keras_kdcap.policies.base import TemperaturePolicy
@@ -8,7 +13,12 @@ from keras_kdcap.policies.fgcr import FGCR
 from keras_kdcap.policies.fixed import FixedTemperature
 from keras_kdcap.policies.isats import ISATS
 from keras_kdcap.policies.logit_standardization import LogitStandardization
-from keras_kdcap.policies.registry import POLICIES, get_policy, get_policy_names
+from keras_kdcap.policies.registry import (
+    POLICIES,
+    get_policy,
+    get_policy_names,
+    register_policy,
+)
 from keras_kdcap.policies.sckd import SCKD
 
 __all__ = [
@@ -24,4 +34,5 @@ __all__ = [
     "TemperaturePolicy",
     "get_policy",
     "get_policy_names",
+    "register_policy",
 ]

@@ -27,6 +27,8 @@ class ATS(TemperaturePolicy):
         name: layer name.
     """
 
+    registry_name = "ats"
+
     metric_names = ("target_cap_rate",)
 
     def __init__(

@@ -6,6 +6,7 @@ import keras
 
 from keras_kdcap import ops as kd_ops
 from keras_kdcap.losses import distillation_loss
+from keras_kdcap.policies.registry import register_policy
 
 
 class TemperaturePolicy(keras.layers.Layer):
@@ -18,13 +19,26 @@ class TemperaturePolicy(keras.layers.Layer):
     Subclasses implement `compute_target`; methods whose KD term is not
     `s^2 KL(t || softmax(g/s))` override `kd_loss` instead. Per-sample
     statistics named in `metric_names` are averaged by the Distiller into
-    its History.
+    its History. A class that sets `registry_name` is registered under it
+    (`get_policy(name)`, the scripts' `--policy` flag); its constructor's
+    arguments are its command-line settings (`--policy_args`). Two hooks,
+    no-ops here: `prepare(teacher, data)` before distilling (FGCR's class
+    relations) and `on_epoch_begin(epoch)`, which the Distiller calls at
+    the start of every `fit` epoch (DKD's warm-up, CTKD's curriculum).
+    docs/policies/adding.md walks through a new policy.
     """
 
     #: whether `compute_target` needs the labels.
     requires_labels: bool = True
     #: names of the per-sample statistics `compute_target` returns.
     metric_names: tuple[str, ...] = ()
+    #: the name `get_policy` and the scripts' `--policy` know the class by.
+    registry_name: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "registry_name" in cls.__dict__ and cls.registry_name is not None:
+            register_policy(cls)
 
     def __init__(self, name: str | None = None, **kwargs):
         kwargs.pop("dtype", None)
@@ -62,7 +76,27 @@ class TemperaturePolicy(keras.layers.Layer):
         return loss, probs, stats
 
     def check_ready(self) -> None:
-        """Raises if the policy needs preparation (e.g. `adapt`) before use."""
+        """Raises if the policy needs preparation (`prepare`) before use."""
+
+    def prepare(self, teacher: keras.Model, data=None) -> None:
+        """Gets the policy ready for a teacher before distilling; nothing by default.
+
+        Scripts call it on every policy, so none of them special-cases a
+        method (FGCR computes its class relations here).
+
+        Args:
+            teacher: the (trained, frozen) teacher.
+            data: `(x, y)` batches of un-augmented training data, or None
+                when none is at hand.
+        """
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Called by the Distiller at the start of every training epoch; nothing by default.
+
+        Args:
+            epoch: Keras's 0-based epoch (counted on from `initial_epoch`
+                when training resumes).
+        """
 
     def call(self, teacher_logits, labels=None):
         """`probs, student_temperature = policy(teacher_logits, labels)`.

@@ -15,6 +15,7 @@ from keras_kdcap.validation import (
     check_non_negative,
     check_positive,
     check_range,
+    deprecated_name,
 )
 
 
@@ -46,9 +47,11 @@ class CTKD(TemperaturePolicy):
     `T^2 KL(softmax(f/T) || softmax(g/T))`, the temperature ascends it with
     strength `lambda(e) = lambda_max * (1 - cos(pi * min((e + 1) / E, 1))) / 2`
     for the 0-based Keras epoch `e` and `E = curriculum_epochs` (`lambda_max`
-    at once when `E = 0`). The epoch is a non-trainable variable: add
-    `keras_kdcap.baselines.callbacks.PolicyEpochCallback()` to `fit` (or call
-    `set_epoch`). docs/policies/ctkd.md has the details.
+    at once when `E = 0`). The epoch is a non-trainable variable that
+    `Distiller.fit` advances (`on_epoch_begin`); outside `fit`, call
+    `set_epoch`. `current_temperature()` gives `T` (a tensor; the numbers of
+    this class are its bounds and `initial_temperature`).
+    docs/policies/ctkd.md has the details.
 
     Args:
         initial_temperature: `T` before training, strictly between the bounds.
@@ -62,6 +65,8 @@ class CTKD(TemperaturePolicy):
     Example:
         >>> policy = CTKD(initial_temperature=4.0, curriculum_epochs=10)
     """
+
+    registry_name = "ctkd"
 
     metric_names = ("temperature", "ctkd_lambda")
 
@@ -107,7 +112,15 @@ class CTKD(TemperaturePolicy):
         """Sets the 0-based training epoch the curriculum is computed from."""
         self.epoch.assign(float(check_int_at_least("epoch", epoch, 0)))
 
+    def on_epoch_begin(self, epoch: int) -> None:
+        self.set_epoch(epoch)
+
     def temperature(self):
+        """Deprecated name of `current_temperature` (goes in the next release)."""
+        deprecated_name("temperature()", "current_temperature()", "CTKD")
+        return self.current_temperature()
+
+    def current_temperature(self):
         """The current temperature `T`, a float32 scalar tensor."""
         span = self.max_temperature - self.min_temperature
         return self.min_temperature + span * ops.sigmoid(
@@ -124,13 +137,13 @@ class CTKD(TemperaturePolicy):
         return self.lambda_max * 0.5 * (1.0 - ops.cos(math.pi * progress))
 
     def compute_target(self, teacher_logits, labels):
-        temperature = ops.ones((ops.shape(teacher_logits)[0],)) * self.temperature()
+        temperature = ops.ones((ops.shape(teacher_logits)[0],)) * self.current_temperature()
         probs = kd_ops.tempered_softmax(teacher_logits, temperature)
         return probs, temperature, {}
 
     def kd_loss(self, teacher_logits, student_logits, labels, temperature_scaling: bool = True):
         lam = self.grl_lambda()
-        temperature = gradient_reversal(self.temperature(), lam)
+        temperature = gradient_reversal(self.current_temperature(), lam)
         temperature = ops.ones((ops.shape(teacher_logits)[0],)) * temperature
         probs = kd_ops.tempered_softmax(teacher_logits, temperature)
         loss = distillation_loss(probs, student_logits, temperature, temperature_scaling)

@@ -22,6 +22,8 @@ class FixedTemperature(TemperaturePolicy):
         >>> probs, s = FixedTemperature(4.0)(keras.ops.ones((2, 10)))
     """
 
+    registry_name = "kd"
+
     requires_labels = False
 
     def __init__(self, temperature: float = 4.0, name: str | None = None, **kwargs):

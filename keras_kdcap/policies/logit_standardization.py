@@ -62,6 +62,8 @@ class LogitStandardization(TemperaturePolicy):
         >>> policy = LogitStandardization(ATS(target_temperature=1.5, other_temperature=1.0))
     """
 
+    registry_name = "ls"
+
     def __init__(
         self,
         base_policy: TemperaturePolicy | None = None,
@@ -110,6 +112,15 @@ class LogitStandardization(TemperaturePolicy):
         """Passes the training epoch on to the base policy, if it uses one."""
         if hasattr(self.base_policy, "set_epoch"):
             self.base_policy.set_epoch(epoch)
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        if self.base_policy is not None:
+            self.base_policy.on_epoch_begin(epoch)
+
+    def prepare(self, teacher: keras.Model, data=None) -> None:
+        """Prepares the base policy (on the raw teacher: its relations are per class)."""
+        if self.base_policy is not None:
+            self.base_policy.prepare(teacher, data)
 
     def check_ready(self) -> None:
         if self.base_policy is not None:

@@ -8,7 +8,7 @@ from keras import ops
 from keras_kdcap import ops as kd_ops
 from keras_kdcap.losses import distillation_loss
 from keras_kdcap.policies.base import TemperaturePolicy
-from keras_kdcap.validation import check_positive
+from keras_kdcap.validation import check_positive, deprecated_name
 
 #: how the gradient cosine becomes the KD weight.
 WEIGHTINGS = ("binary", "clip", "affine")
@@ -82,6 +82,8 @@ class SCKD(TemperaturePolicy):
         >>> policy = SCKD(temperature=4.0, weighting="binary")
     """
 
+    registry_name = "sckd"
+
     def __init__(
         self,
         temperature: float = 4.0,
@@ -125,7 +127,20 @@ class SCKD(TemperaturePolicy):
         probs = kd_ops.tempered_softmax(teacher_logits, self.temperature)
         return probs, ops.full((ops.shape(teacher_logits)[0],), self.temperature), {}
 
+    def prepare(self, teacher: keras.Model, data=None) -> None:
+        if self.base_policy is not None:
+            self.base_policy.prepare(teacher, data)
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        if self.base_policy is not None:
+            self.base_policy.on_epoch_begin(epoch)
+
     def weight(self, cosine):
+        """Deprecated name of `kd_weight` (goes in the next release)."""
+        deprecated_name("weight()", "kd_weight()", "SCKD")
+        return self.kd_weight(cosine)
+
+    def kd_weight(self, cosine):
         """The KD weight of each sample from its gradient cosine, `[B]`."""
         if self.weighting == "binary":
             return ops.cast(cosine > 0.0, "float32")
@@ -136,7 +151,7 @@ class SCKD(TemperaturePolicy):
     def kd_loss(self, teacher_logits, student_logits, labels, temperature_scaling: bool = True):
         probs, temperature, stats = self.compute_target(teacher_logits, labels)
         cosine = gradient_cosine(student_logits, labels, probs, temperature)
-        weight = ops.stop_gradient(self.weight(cosine))
+        weight = ops.stop_gradient(self.kd_weight(cosine))
         kd = distillation_loss(probs, student_logits, temperature, temperature_scaling)
         return weight * kd, probs, {**stats, "sckd_weight": weight, "grad_cosine": cosine}
 
