@@ -50,12 +50,25 @@ def split_cached(x):
     return x, None
 
 
+class PolicyEpoch(keras.callbacks.Callback):
+    """Tells the Distiller's policy each epoch (`policy.on_epoch_begin`), inside `fit`.
+
+    `Distiller.fit` adds it itself: DKD's warm-up and CTKD's curriculum need
+    no callback from the user. The assignment happens between epochs,
+    outside the compiled step, on every backend.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.policy.on_epoch_begin(int(epoch))
+
+
 def _with_guard(callbacks):
-    """The user's callbacks with an `InputGuard` in front."""
+    """The user's callbacks with an `InputGuard` and a `PolicyEpoch` in front."""
     if isinstance(callbacks, keras.callbacks.CallbackList):
         callbacks.append(InputGuard())
+        callbacks.append(PolicyEpoch())
         return callbacks
-    return [InputGuard(), *(callbacks or [])]
+    return [InputGuard(), PolicyEpoch(), *(callbacks or [])]
 
 
 def _output_classes(model) -> int | None:
