@@ -11,6 +11,10 @@ from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.validation import check_fraction, check_int_at_least, check_positive
 
 
+#: where `FGCR.prepare` takes the class relations from.
+RELATION_SOURCES = ("auto", "data", "classifier")
+
+
 @keras.saving.register_keras_serializable(package="keras_kdcap")
 class FGCR(TemperaturePolicy):
     """`t(x) = (1 - w) softmax(f(x) / T) + w R_y`, student at `T`.
@@ -28,8 +32,16 @@ class FGCR(TemperaturePolicy):
             the student.
         num_classes: C; creates the relations variable now (needed to load
             a saved Distiller). Inferred by `adapt`/`set_relations` if None.
+        relation_source: how `prepare(teacher, data)` sets `R`: "data"
+            (`adapt` on `data`), "classifier" (`set_classifier_relations`
+            from the teacher's Dense layer named "classifier") or "auto"
+            (data when given, else the classifier).
+        relation_temperature: the softmax temperature of classifier
+            relations, > 0.
         name: layer name.
     """
+
+    registry_name = "fgcr"
 
     metric_names = ()
 
@@ -38,10 +50,18 @@ class FGCR(TemperaturePolicy):
         weight: float = 0.5,
         temperature: float = 4.0,
         num_classes: int | None = None,
+        relation_source: str = "auto",
+        relation_temperature: float = 0.25,
         name: str | None = None,
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        if relation_source not in RELATION_SOURCES:
+            raise ValueError(
+                f"`relation_source` must be one of {RELATION_SOURCES}; got {relation_source!r}."
+            )
+        self.relation_source = relation_source
+        self.relation_temperature = check_positive("relation_temperature", relation_temperature)
         self.weight = check_fraction("weight", weight)
         self.temperature = check_positive("temperature", temperature)
         self.num_classes = None
@@ -125,6 +145,37 @@ class FGCR(TemperaturePolicy):
             )
         self.set_relations(sums / counts[:, None])
 
+    def prepare(self, teacher: keras.Model, data=None) -> None:
+        """Sets `R` for `teacher` as `relation_source` says.
+
+        Args:
+            teacher: the teacher.
+            data: `(x, y)` batches of un-augmented training data (for
+                "data"; "auto" uses the classifier when None).
+        """
+        source = self.relation_source
+        if source == "auto":
+            source = "classifier" if data is None else "data"
+        if source == "data":
+            if data is None:
+                raise ValueError(
+                    "FGCR(relation_source='data').prepare needs `data`: pass labelled "
+                    "training batches, or use relation_source='classifier'."
+                )
+            self.adapt(teacher, data)
+            return
+        try:
+            kernel = getattr(teacher.get_layer("classifier"), "kernel", None)
+        except ValueError:
+            kernel = None
+        if kernel is None:
+            raise ValueError(
+                f"FGCR classifier relations need a Dense layer named 'classifier' in the "
+                f"teacher ({teacher.name} has none; every zoo model has one): pass `data` "
+                "with relation_source='data'."
+            )
+        self.set_classifier_relations(kernel, self.relation_temperature)
+
     def set_classifier_relations(self, kernel, relation_temperature: float = 0.25) -> None:
         """Sets `R = softmax(cos(w_i, w_j) / relation_temperature)` row-wise.
 
@@ -171,6 +222,10 @@ class FGCR(TemperaturePolicy):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
-            weight=self.weight, temperature=self.temperature, num_classes=self.num_classes
+            weight=self.weight,
+            temperature=self.temperature,
+            num_classes=self.num_classes,
+            relation_source=self.relation_source,
+            relation_temperature=self.relation_temperature,
         )
         return config
