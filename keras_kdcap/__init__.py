@@ -9,6 +9,7 @@ from keras_kdcap import (
     ops,
 )
 from keras_kdcap.distiller import Distiller
+from keras_kdcap.files import CorruptFileError
 from keras_kdcap.losses import RegTLoss, SmoothedCrossEntropy, distillation_loss
 from keras_kdcap.policies import (
     ATS,
@@ -34,6 +35,7 @@ __all__ = [
     "LogitStandardization",
     "FGCR",
     "ISATS",
+    "CorruptFileError",
     "Distiller",
     "FixedTemperature",
     "RegTLoss",

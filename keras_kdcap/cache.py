@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
+from keras_kdcap import files
 from keras_kdcap.distiller import with_teacher_logits
 
 #: version of the cache file layout.
@@ -183,8 +184,9 @@ class TeacherCache:
             sample_weight: per-sample weights for array inputs.
             batch_size: the teacher's batch size; the constructor's when None.
             path: an `.npz` file: if it exists, the logits are loaded from it
-                after checking its fingerprint against `teacher` and `x`;
-                otherwise they are computed and saved there.
+                after checking it against its record (size, SHA-256) and its
+                fingerprint against `teacher` and `x`; otherwise they are
+                computed and saved there, atomically, with the record.
 
         Returns:
             The cache itself, built.
@@ -192,6 +194,8 @@ class TeacherCache:
         Raises:
             ValueError: `x` is not deterministic or empty, `y` does not match
                 `x`, or the file at `path` belongs to another teacher or data.
+            CorruptFileError: the file at `path` is truncated, corrupted or has
+                no record (a ValueError too).
         """
         batch_size = self.batch_size if batch_size is None else batch_size
         batch_size = self._check_batch_size("batch_size", batch_size)
@@ -294,40 +298,43 @@ class TeacherCache:
 
     # --------------------------------------------------------------- files
     def _save(self, path, fingerprints: dict) -> None:
-        directory = os.path.dirname(os.fspath(path))
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        with open(path, "wb") as handle:  # the exact name, with no ".npz" appended
-            np.savez(
-                handle,
-                logits=self.logits,
-                format=np.int64(CACHE_FORMAT),
-                **{k: np.array(v) for k, v in fingerprints.items()},
-            )
+        """Writes the file atomically, with a size and SHA-256 record (`keras_kdcap.files`)."""
+        files.save_arrays_verified(
+            path,
+            logits=self.logits,
+            format=np.int64(CACHE_FORMAT),
+            **{k: np.array(v) for k, v in fingerprints.items()},
+        )
 
     def _load(self, path, fingerprints: dict) -> np.ndarray:
-        with np.load(path, allow_pickle=False) as stored:
-            missing = {"logits", "format", *fingerprints} - set(stored.files)
-            if missing:
+        try:
+            stored = files.load_arrays_verified(path)
+        except files.CorruptFileError as err:
+            raise files.CorruptFileError(
+                f"`path`={os.fspath(path)!r} is not a TeacherCache file written to the end "
+                f"by this version: {err}"
+            ) from None
+        missing = {"logits", "format", *fingerprints} - set(stored)
+        if missing:
+            raise ValueError(
+                f"`path`={os.fspath(path)!r} is not a TeacherCache file (it lacks "
+                f"{sorted(missing)}): name another file."
+            )
+        if int(stored["format"]) != CACHE_FORMAT:
+            raise ValueError(
+                f"`path`={os.fspath(path)!r} has cache format {int(stored['format'])}, "
+                f"this version reads {CACHE_FORMAT}: delete it to rebuild the cache."
+            )
+        for key, what in (
+            ("teacher_fingerprint", "another teacher (its weights differ)"),
+            ("data_fingerprint", "other inputs (their length or content differ)"),
+        ):
+            if str(stored[key]) != fingerprints[key]:
                 raise ValueError(
-                    f"`path`={os.fspath(path)!r} is not a TeacherCache file (it lacks "
-                    f"{sorted(missing)}): name another file."
+                    f"`path`={os.fspath(path)!r} holds teacher logits for {what}: "
+                    "delete the file to rebuild the cache, or name another `path`."
                 )
-            if int(stored["format"]) != CACHE_FORMAT:
-                raise ValueError(
-                    f"`path`={os.fspath(path)!r} has cache format {int(stored['format'])}, "
-                    f"this version reads {CACHE_FORMAT}: delete it to rebuild the cache."
-                )
-            for key, what in (
-                ("teacher_fingerprint", "another teacher (its weights differ)"),
-                ("data_fingerprint", "other inputs (their length or content differ)"),
-            ):
-                if str(stored[key]) != fingerprints[key]:
-                    raise ValueError(
-                        f"`path`={os.fspath(path)!r} holds teacher logits for {what}: "
-                        "delete the file to rebuild the cache, or name another `path`."
-                    )
-            return np.asarray(stored["logits"], dtype=np.float32)
+        return np.asarray(stored["logits"], dtype=np.float32)
 
     # ------------------------------------------------------------- serving
     def _check_built(self) -> None:

@@ -63,12 +63,42 @@ class PolicyEpoch(keras.callbacks.Callback):
 
 
 def _with_guard(callbacks):
-    """The user's callbacks with an `InputGuard` and a `PolicyEpoch` in front."""
+    """The user's callbacks: `InputGuard` and `PolicyEpoch` first, a readiness check last."""
+    extra = [_PolicyReadyAfterRestore()] if _backup_callback(callbacks) is not None else []
     if isinstance(callbacks, keras.callbacks.CallbackList):
-        callbacks.append(InputGuard())
-        callbacks.append(PolicyEpoch())
+        for callback in [InputGuard(), PolicyEpoch(), *extra]:
+            callbacks.append(callback)
         return callbacks
-    return [InputGuard(), PolicyEpoch(), *(callbacks or [])]
+    return [InputGuard(), PolicyEpoch(), *(callbacks or []), *extra]
+
+
+def _backup_callback(callbacks):
+    """The `keras.callbacks.BackupAndRestore` among `callbacks`, or None."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = callbacks.callbacks
+    for callback in callbacks or []:
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            return callback
+    return None
+
+
+class _PolicyReadyAfterRestore(keras.callbacks.Callback):
+    """Checks the policy once the `BackupAndRestore` before it has restored its state.
+
+    A restarted job's policy (FGCR's class relations) comes back from the
+    backup, so `fit` checks readiness after the restore instead of before.
+    """
+
+    def on_train_begin(self, logs=None):
+        self.model.policy.check_ready()
+
+
+def _input_shape(model):
+    """`model.input_shape` when it has one, else None."""
+    try:
+        return model.input_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
 
 
 def _output_classes(model) -> int | None:
@@ -356,7 +386,7 @@ class Distiller(keras.Model):
         teacher gives non-finite logits, and guarantees the teacher's
         weights survive any error raised during training.
         """
-        self._check_compiled()
+        self._check_compiled(callbacks)
         check_fit_data(x, y, _output_classes(self.student), argument="x")
         with TeacherSnapshot(self):
             return super().fit(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
@@ -371,7 +401,32 @@ class Distiller(keras.Model):
         with TeacherSnapshot(self):
             return super().evaluate(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
 
-    def _check_compiled(self) -> None:
+    def _check_compiled(self, callbacks=None) -> None:
         if not self.compiled or self.policy is None:
             raise ValueError("Call `distiller.compile(optimizer, policy=...)` before fit.")
-        self.policy.check_ready()
+        if _backup_callback(callbacks) is None:
+            self.policy.check_ready()
+            return
+        self._build_for_backup()
+        if not self.policy.weights:  # nothing the backup could restore: check now
+            self.policy.check_ready()
+        # else `_PolicyReadyAfterRestore` checks it once the backup is loaded
+
+    def _build_for_backup(self) -> None:
+        """Builds the Distiller from its built teacher and student (`BackupAndRestore`).
+
+        Keras's TF trainer builds a model only when tracing its first step, after
+        the callback restores the weights; JAX and torch build it before.
+        """
+        if self.built:
+            return
+        models = (("teacher", self.teacher), ("student", self.student))
+        unbuilt = [arg for arg, model in models if not model.built]
+        if unbuilt:
+            raise ValueError(
+                f"BackupAndRestore restores weights into a built Distiller, but the "
+                f"{' and '.join(unbuilt)} {'is' if len(unbuilt) == 1 else 'are'} not built: "
+                "call `distiller.build((None, *input_shape))` (or the model on one batch) "
+                "before fit."
+            )
+        self.build(_input_shape(self.student))

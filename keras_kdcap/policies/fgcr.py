@@ -11,6 +11,23 @@ from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.validation import check_fraction, check_int_at_least, check_positive
 
 
+def _row_stochastic(relations) -> bool:
+    """Whether `relations` holds finite, non-negative rows summing to 1.
+
+    True inside a traced function, where the value cannot be read (the
+    eager check before `fit` has run by then).
+    """
+    try:
+        values = np.asarray(ops.convert_to_numpy(relations), dtype="float64")
+    except Exception:  # noqa: BLE001 - a symbolic value: nothing to check here
+        return True
+    return bool(
+        np.all(np.isfinite(values))
+        and np.all(values >= 0)
+        and np.allclose(values.sum(axis=1), 1.0, atol=1e-4)
+    )
+
+
 #: where `FGCR.prepare` takes the class relations from.
 RELATION_SOURCES = ("auto", "data", "classifier")
 
@@ -66,7 +83,6 @@ class FGCR(TemperaturePolicy):
         self.temperature = check_positive("temperature", temperature)
         self.num_classes = None
         self.relations = None
-        self._ready = False
         if num_classes is not None:
             self._create_relations(check_int_at_least("num_classes", num_classes, 2))
 
@@ -108,7 +124,6 @@ class FGCR(TemperaturePolicy):
             raise ValueError("Each row of `relations` must sum to 1 (a probability vector).")
         self._create_relations(relations.shape[0])
         self.relations.assign(relations.astype("float32"))
-        self._ready = True
 
     def adapt(self, teacher: keras.Model, dataset, steps: int | None = None) -> None:
         """Sets `R_y` to the mean of `softmax(f(x) / T)` over class y's samples.
@@ -195,12 +210,24 @@ class FGCR(TemperaturePolicy):
         self.set_relations(relations / relations.sum(axis=1, keepdims=True))
 
     def check_ready(self) -> None:
-        if not self._ready:
-            raise ValueError(
-                "FGCR has no class relations yet: call `policy.adapt(teacher, dataset)` or "
-                "`policy.set_classifier_relations(teacher_classifier_kernel)` before "
-                "distilling."
+        """Raises unless `relations` holds a row-stochastic matrix.
+
+        Readiness is read from the variable itself, so relations restored from
+        a weights file or a `BackupAndRestore` backup count as set.
+        """
+        if self.relations is not None and _row_stochastic(self.relations):
+            return
+        hint = ""
+        if self.relations is None:
+            hint = (
+                " (or pass `num_classes=` to FGCR so that a saved model or a "
+                "BackupAndRestore backup can restore them)"
             )
+        raise ValueError(
+            "FGCR has no class relations yet: call `policy.adapt(teacher, dataset)` or "
+            "`policy.set_classifier_relations(teacher_classifier_kernel)` before "
+            f"distilling{hint}."
+        )
 
     def compute_target(self, teacher_logits, labels):
         if teacher_logits.shape[-1] != self.num_classes:
@@ -213,11 +240,6 @@ class FGCR(TemperaturePolicy):
         probs = (1.0 - self.weight) * per_sample + self.weight * global_relations
         student_temperature = ops.full((ops.shape(teacher_logits)[0],), self.temperature)
         return probs, student_temperature, {}
-
-    def load_own_variables(self, store) -> None:
-        super().load_own_variables(store)
-        if self.relations is not None:
-            self._ready = True
 
     def get_config(self) -> dict:
         config = super().get_config()

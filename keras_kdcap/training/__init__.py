@@ -1,5 +1,6 @@
 """Teacher training with the CRD recipe: SGD, coupled weight decay, step schedule, checkpoints."""
 
+from keras_kdcap.training.backup import VerifiedBackupAndRestore
 from keras_kdcap.training.schedules import (
     CRD_MILESTONES,
     CRDSchedule,
@@ -28,4 +29,5 @@ __all__ = [
     "default_lr",
     "milestone_epochs",
     "train_teacher",
+    "VerifiedBackupAndRestore",
 ]

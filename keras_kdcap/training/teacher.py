@@ -16,6 +16,8 @@ from typing import Any
 
 import keras
 
+from keras_kdcap import files
+from keras_kdcap.training.backup import VerifiedBackupAndRestore
 from keras_kdcap.training.schedules import CRD_MILESTONES, crd_schedule, default_lr
 from keras_kdcap.training.weight_decay import apply_weight_decay
 
@@ -39,6 +41,9 @@ def checkpoint_name(epoch: int) -> str:
 class EpochCheckpoint(keras.callbacks.Callback):
     """Save the whole model as ``.keras`` after chosen epochs (ESKD needs early teachers).
 
+    Each file is written atomically with a record beside it
+    (:func:`keras_kdcap.files.save_model_verified`).
+
     Args:
         directory: where to write ``teacher_epoch{E:03d}.keras``.
         epochs: numbers of completed epochs (1-based) after which to save.
@@ -51,8 +56,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if epoch + 1 in self.epochs:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self.model.save(self.directory / checkpoint_name(epoch + 1))
+            files.save_model_verified(self.model, self.directory / checkpoint_name(epoch + 1))
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -125,10 +129,11 @@ def _make_loss(regt: Any, loss: keras.losses.Loss | None) -> keras.losses.Loss:
 
 
 def _read_history(path: Path) -> dict[str, list[float]]:
+    """The CSV log's columns; of an epoch logged twice (killed before its backup), the last."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = {int(row["epoch"]): row for row in csv.DictReader(f) if row.get("epoch")}
     history: dict[str, list[float]] = {}
-    for row in rows:
+    for _, row in sorted(rows.items()):
         for key, value in row.items():
             if value not in (None, "", "NA"):  # CSVLogger writes NA for absent values
                 history.setdefault(key, []).append(int(value) if key == "epoch" else float(value))
@@ -172,10 +177,13 @@ def train_teacher(
             ``{"gamma": 0.1, "temperature": 4.0}``) or a ``RegTLoss`` instance.
         loss: another loss on ``(int label, logits)``, e.g.
             ``keras_kdcap.SmoothedCrossEntropy(0.1)``; not with ``regt``.
-        checkpoint_dir: where to write ``teacher_epoch{E:03d}.keras``, ``teacher.keras``,
-            ``history.csv`` and the ``backup/`` of ``BackupAndRestore``.
+        checkpoint_dir: where to write ``teacher_epoch{E:03d}.keras``, ``teacher.keras``
+            (each with a ``.record.json``, see :mod:`keras_kdcap.files`), ``history.csv``
+            and the ``backup/`` of :class:`VerifiedBackupAndRestore`, removed once
+            ``teacher.keras`` is saved.
         checkpoint_epochs: numbers of completed epochs after which to save the teacher.
-        resume: continue from ``checkpoint_dir/backup`` when a previous run was interrupted.
+        resume: continue from ``checkpoint_dir/backup`` when a previous run was interrupted
+            (also killed, at any point).
         milestones: decay points as fractions of ``epochs`` (see :func:`crd_schedule`).
         warmup_epochs: linear warm-up length.
         steps_per_epoch: batches per epoch (default: the dataset's length).
@@ -228,10 +236,12 @@ def train_teacher(
         if not resuming:
             shutil.rmtree(backup, ignore_errors=True)
             history_path.unlink(missing_ok=True)
-        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+        # The epoch's CSV row and checkpoint first, its backup (the commit point) last:
+        # a kill in between repeats the epoch, whose second row wins (`_read_history`).
         all_callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
         if checkpoint_epochs:
             all_callbacks.append(EpochCheckpoint(directory, checkpoint_epochs))
+        all_callbacks.append(VerifiedBackupAndRestore(backup))
 
     fit_history = model.fit(
         train_ds,
@@ -242,7 +252,8 @@ def train_teacher(
         verbose=verbose,
     )
     if checkpoint_dir is not None:
-        model.save(Path(checkpoint_dir) / FINAL_NAME)
+        files.save_model_verified(model, Path(checkpoint_dir) / FINAL_NAME)
+        shutil.rmtree(Path(checkpoint_dir) / BACKUP_NAME, ignore_errors=True)
     if history_path is not None and history_path.exists():
         history = _read_history(history_path)
     else:
