@@ -94,10 +94,37 @@ DEFAULT_DATA_DIR = os.environ.get("KDCAP_CIFAR100_DIR") or str(
 DEFAULT_CACHE_DIR = str(_common.REPO / "runs" / "capacity_mismatch")
 #: the policies of keras_kdcap.policies.get_policy_names() beyond these run by name too
 #: (dkd, ls, ctkd, sckd: their defaults, alpha 0.1 / beta 0.9, DKD alpha = beta = 1).
-METHODS = ("ce", "kd", "ats", "fgcr", "isats", "regt_kd")
+METHODS = ("ce", "kd", "kd_tuned", "ats", "ats_tuned", "fgcr", "isats", "regt_kd")
+#: the default `--methods` (ats_tuned on request).
+DEFAULT_METHODS = ("ce", "kd", "kd_tuned", "ats", "fgcr", "isats", "regt_kd")
 EXTRA_METHODS = tuple(n for n in get_policy_names() if n not in METHODS)
 #: methods distilled from both the small and the large teacher.
-TEACHER_METHODS = ("kd", "ats", "fgcr", "isats")
+TEACHER_METHODS = ("kd", "kd_tuned", "ats", "ats_tuned", "fgcr", "isats")
+#: methods whose settings are chosen per teacher on the validation split.
+TUNED_METHODS = ("kd_tuned", "ats_tuned")
+#: the key of each tuned method's choice in a teacher's tuned settings.
+TUNED_KEYS = {"kd_tuned": "kd_temperature", "ats_tuned": "ats"}
+#: the smallest Spearman rank agreement with the small teacher that counts as
+#: "ranks the non-target classes alike" (the paper reports mostly > 0.85).
+SPEARMAN_MIN = 0.75
+#: settings that do not change a finished run's numbers: a run restarted with
+#: other values of these resumes from the results file.
+RESUME_IGNORED = (
+    "argv",
+    "threads",
+    "verbose",
+    "seeds",
+    "methods",
+    "small_methods",
+    "teacher_roles",
+    "teachers_only",
+    "tune_only",
+    "tag",
+    "output",
+    "cache_dir",
+    "data_dir",
+    "resume",
+)
 # `large_regt` and `large_flat` are the large model trained with RegT / label smoothing
 ROLE_SEEDS = {"small": 1, "large": 2, "large_regt": 3, "large_flat": 4}
 TEACHER_ROLES = ("small", "large", "large_flat")
@@ -142,6 +169,13 @@ flags.DEFINE_string(
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("per_class", 20, "Training images per class (500 = all).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "classes",
+    100,
+    "Use the first N classes of CIFAR-100 (labels 0..N-1; 100 = all). A class subset gives "
+    "each class more images for the same cost.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer(
     "val_per_class", 10, "Validation images per class, from the training split.", flag_values=FLAGS
 )
@@ -189,7 +223,22 @@ flags.DEFINE_float("weight_decay", 5e-4, "Student PyTorch-style weight decay.", 
 flags.DEFINE_integer("batch_size", 64, "Batch size (teachers and students).", flag_values=FLAGS)
 flags.DEFINE_string("seeds", "0,1", "Comma list of student seeds.", flag_values=FLAGS)
 flags.DEFINE_integer("teacher_seed", 0, "Seed of the teachers.", flag_values=FLAGS)
-flags.DEFINE_string("methods", ",".join(METHODS), "Comma list of methods.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "methods", ",".join(DEFAULT_METHODS), "Comma list of methods.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "resume",
+    True,
+    "Keep the finished tuning and student runs of an unfinished results file with the same "
+    "settings (a run killed part-way goes on where it stopped); --noresume starts over.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "small_methods",
+    None,
+    "Comma list of the methods run for the small teacher (default: those of --methods).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer(
     "eval_every", 5, "Evaluate students every N epochs (and at the last).", flag_values=FLAGS
 )
@@ -235,6 +284,18 @@ flags.DEFINE_enum(
     flag_values=FLAGS,
 )
 flags.DEFINE_string("tune_seeds", "0", "Seeds of the tuning runs.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "tune_kd_temperatures",
+    "1,2,3,4,6,8",
+    "kd_tuned: the KD temperatures tried on the validation split (per teacher).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "tune_ats",
+    "4:2,3:2,2:1,6:4,8:4,2:2",
+    "ats_tuned: the (tau1:tau2) pairs tried on the validation split (per teacher).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_enum(
     "pipeline",
     "auto",
@@ -282,6 +343,8 @@ class Data:
             of the training split, disjoint from the training subset).
         test_per_class: test images per class (0: all).
         batch_size: batch size.
+        pipeline: `tfdata` or `numpy`.
+        classes: keep the first `classes` classes (labels stay 0..classes-1).
     """
 
     def __init__(
@@ -292,9 +355,15 @@ class Data:
         test_per_class: int,
         batch_size: int,
         pipeline: str = "tfdata",
+        classes: int = NUM_CLASSES,
     ):
         self.pipeline = pipeline
+        self.num_classes = classes
         (x_train, y_train), (x_test, y_test) = load_cifar100_arrays(data_dir)
+        if classes < NUM_CLASSES:
+            keep_train, keep_test = y_train < classes, y_test < classes
+            x_train, y_train = x_train[keep_train], y_train[keep_train]
+            x_test, y_test = x_test[keep_test], y_test[keep_test]
         train_idx = stratified_indices(y_train, per_class)
         if val_per_class > 0:
             both = stratified_indices(y_train, per_class + val_per_class)
@@ -391,7 +460,7 @@ def accuracy(model: keras.Model, data: Data, split: str) -> tuple[float, np.ndar
     """
     labels = getattr(data, split)[1]
     if len(labels) == 0:
-        return float("nan"), np.zeros((0, NUM_CLASSES), np.float32)
+        return float("nan"), np.zeros((0, data.num_classes), np.float32)
     logits = np.asarray(model.predict(data.eval(split), verbose=0), np.float32)
     return float(np.mean(np.argmax(logits, -1) == labels)), logits
 
@@ -438,6 +507,8 @@ def teacher_key(role: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "dtype_policy": cfg["teacher_dtype_policy"],
         "loss": "ce",
     }
+    if cfg["classes"] != NUM_CLASSES:  # keys of full-CIFAR-100 teachers stay as they were
+        key["classes"] = cfg["classes"]
     if role == "large_regt":
         key.update(
             loss="regt", regt_gamma=cfg["regt_gamma"], regt_temperature=cfg["regt_temperature"]
@@ -478,7 +549,7 @@ def get_teacher(role: str, data: Data, cfg: dict[str, Any]) -> tuple[keras.Model
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     with DtypePolicyScope(key["dtype_policy"]):
-        model = build_teacher(key["model"], NUM_CLASSES, weight_decay=key["weight_decay"])
+        model = build_teacher(key["model"], data.num_classes, weight_decay=key["weight_decay"])
         regt, loss = None, None
         if key["loss"] == "regt":
             regt = {"gamma": key["regt_gamma"], "temperature": key["regt_temperature"]}
@@ -576,33 +647,48 @@ def parse_grid(text: str) -> dict[str, Any]:
         raise app.UsageError(f"ISATS grid {text!r} is not min:max:candidates.") from None
 
 
-def method_setup(method: str, cfg: dict[str, Any], isats: dict[str, Any]) -> dict[str, Any]:
+def method_setup(
+    method: str,
+    cfg: dict[str, Any],
+    isats: dict[str, Any],
+    tuned: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Policy and loss weights of a distillation method.
 
     Args:
         method: one of `METHODS` except `ce`.
         cfg: the configuration.
         isats: ISATS settings (`target_ratio`, `fallback`, `grid`).
+        tuned: the validation-chosen settings of this teacher's tuned methods:
+            `kd_temperature` (kd_tuned) and `ats` (`[tau1, tau2]`, ats_tuned).
 
     Returns:
         `{"policy", "alpha", "beta", "temperature_scaling", "description"}`.
     """
     t = cfg["temperature"]
-    if method in ("kd", "regt_kd"):
+    if method in TUNED_METHODS and not (tuned and TUNED_KEYS[method] in tuned):
+        raise ValueError(f"{method} runs after its tuning; no tuned setting was given.")
+    if method in ("kd", "regt_kd", "kd_tuned"):
+        tuned_t = method == "kd_tuned"
+        t = tuned["kd_temperature"] if tuned_t else t
         return {
             "policy": FixedTemperature(t),
             "alpha": 0.1,
             "beta": 0.9,
             "temperature_scaling": True,
-            "description": f"T={t}, alpha 0.1, beta 0.9",
+            "description": f"T={t:g}{' (tuned on validation)' if tuned_t else ''}, "
+            "alpha 0.1, beta 0.9",
         }
-    if method == "ats":
+    if method in ("ats", "ats_tuned"):
+        tau1, tau2 = tuned["ats"] if method == "ats_tuned" else (4.0, 2.0)
+        origin = "tuned on validation" if method == "ats_tuned" else "official"
         return {
-            "policy": ATS(4.0, 2.0, 1.0),
+            "policy": ATS(tau1, tau2, 1.0),
             "alpha": 0.5,
             "beta": 0.5,
             "temperature_scaling": False,
-            "description": "tau1 4, tau2 2, student T 1, alpha=beta=0.5, no s^2 (official)",
+            "description": f"tau1 {tau1:g}, tau2 {tau2:g}, student T 1, alpha=beta=0.5, "
+            f"no s^2 ({origin})",
         }
     if method == "fgcr":
         return {
@@ -701,7 +787,7 @@ def cache_fits(data: Data, cfg: dict[str, Any]) -> bool:
         return False  # the cached batches are assembled with tf.data
     if cfg["teacher_logits"] != "auto":
         return cfg["teacher_logits"] == "cached"
-    size = data.steps_per_epoch * data.batch_size * cfg["epochs"] * NUM_CLASSES * 4
+    size = data.steps_per_epoch * data.batch_size * cfg["epochs"] * data.num_classes * 4
     return size <= cfg["logits_cache_mb"] * 2**20
 
 
@@ -714,6 +800,7 @@ def train_student(
     cfg: dict[str, Any],
     isats: dict[str, Any],
     eval_splits: Sequence[str] = ("val", "test"),
+    tuned: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains one student and evaluates it along the way.
 
@@ -726,6 +813,7 @@ def train_student(
         cfg: the configuration.
         isats: ISATS settings.
         eval_splits: splits evaluated at each evaluation epoch.
+        tuned: this teacher's tuned settings (see `method_setup`).
 
     Returns:
         The run record: accuracies per evaluated epoch, last/best, the
@@ -734,7 +822,7 @@ def train_student(
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     with DtypePolicyScope(cfg["student_dtype_policy"]):
-        student = build_teacher(cfg["student"], NUM_CLASSES, weight_decay=cfg["weight_decay"])
+        student = build_teacher(cfg["student"], data.num_classes, weight_decay=cfg["weight_decay"])
     schedule = crd_schedule(cfg["lr"], cfg["epochs"], data.steps_per_epoch)
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
     record: dict[str, Any] = {"method": method, "seed": seed}
@@ -747,7 +835,7 @@ def train_student(
         )
         record["description"] = "cross-entropy only, no teacher"
     else:
-        setup = method_setup(method, cfg, isats)
+        setup = method_setup(method, cfg, isats, tuned)
         policy = setup.pop("policy")
         if isinstance(policy, FGCR):
             policy.adapt(teacher, data.eval("train"))
@@ -802,12 +890,12 @@ def train_student(
 
 
 # ------------------------------------------------------------------------- runs
-def run_tuning(data: Data, teachers: dict[str, keras.Model], cfg: dict[str, Any]) -> dict[str, Any]:
+def run_tuning(data: Data, store: LogitsStore, cfg: dict[str, Any]) -> dict[str, Any]:
     """ISATS from the large teacher over a small grid, scored on the validation split.
 
     Args:
         data: the data (its validation split must not be empty).
-        teachers: role -> teacher.
+        store: the teachers and their cached logits.
         cfg: the configuration.
 
     Returns:
@@ -815,12 +903,10 @@ def run_tuning(data: Data, teachers: dict[str, keras.Model], cfg: dict[str, Any]
     """
     if data.sizes()["val"] == 0:
         raise app.UsageError("--tune needs a validation split: set --val_per_class > 0.")
-    teacher = teachers["large"]
+    teacher = store.teachers["large"]
     trials = []
     for seed in cfg["tune_seeds"]:
-        cached = (
-            TeacherLogits(teacher, data, seed, cfg["epochs"]) if cache_fits(data, cfg) else None
-        )
+        cached, _ = store.get("large", seed)
         for settings in tuning_trials(cfg):
             print(f"[tune] seed {seed} ISATS {settings}", flush=True)
             run = train_student("isats", teacher, cached, data, seed, cfg, settings, ("val",))
@@ -881,6 +967,176 @@ def tuning_trials(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return trials
 
 
+def tuning_candidates(method: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The settings a tuned method tries, each as `method_setup`'s `tuned` dict.
+
+    Args:
+        method: `kd_tuned` or `ats_tuned`.
+        cfg: the configuration.
+
+    Returns:
+        One dict per candidate, in the order that breaks ties (first wins).
+    """
+    if method == "kd_tuned":
+        return [{"kd_temperature": t} for t in cfg["tune_kd_temperatures"]]
+    return [{"ats": list(pair)} for pair in cfg["tune_ats"]]
+
+
+class LogitsStore:
+    """The cached teacher logits of one (teacher role, seed) at a time, computed on demand.
+
+    Args:
+        teachers: role -> teacher.
+        data: the data.
+        cfg: the configuration (`epochs`, and whether the cache fits).
+    """
+
+    def __init__(self, teachers: dict[str, keras.Model], data: Data, cfg: dict[str, Any]):
+        self.teachers, self.data, self.epochs = teachers, data, cfg["epochs"]
+        self.enabled = cache_fits(data, cfg)
+        self.key: tuple[str, int] | None = None
+        self.logits: TeacherLogits | None = None
+
+    def get(self, role: str | None, seed: int) -> tuple[TeacherLogits | None, float]:
+        """`(cached logits or None, seconds spent computing them now)`."""
+        if role is None or not self.enabled:
+            return None, 0.0
+        if self.key != (role, seed):
+            self.logits = TeacherLogits(self.teachers[role], self.data, seed, self.epochs)
+            self.key = (role, seed)
+            return self.logits, self.logits.seconds
+        return self.logits, 0.0
+
+
+def tune_method(
+    method: str,
+    role: str,
+    data: Data,
+    store: LogitsStore,
+    cfg: dict[str, Any],
+    isats: dict[str, Any],
+) -> dict[str, Any]:
+    """Chooses a tuned method's setting for one teacher on the validation split.
+
+    Args:
+        method: `kd_tuned` or `ats_tuned`.
+        role: the teacher's role.
+        data: the data (its validation split must not be empty).
+        store: cached teacher logits.
+        cfg: the configuration (`tune_seeds`, the candidates).
+        isats: unused by these methods (passed through).
+
+    Returns:
+        `{"method", "teacher", "criterion", "trials", "choice", "val_last_mean"}`:
+        the choice has the best mean last-epoch validation accuracy (ties: the
+        earlier candidate).
+    """
+    if data.sizes()["val"] == 0:
+        raise app.UsageError(f"{method} needs a validation split: set --val_per_class > 0.")
+    candidates = tuning_candidates(method, cfg)
+    trials = []
+    for seed in cfg["tune_seeds"]:
+        cached, _ = store.get(role, seed)
+        for candidate in candidates:
+            print(f"[tune {method} <- {role}] seed {seed} {candidate}", flush=True)
+            run = train_student(
+                method, store.teachers[role], cached, data, seed, cfg, isats, ("val",), candidate
+            )
+            trials.append(
+                {**candidate, "seed": seed, "val_last": run["val_last"], "seconds": run["seconds"]}
+            )
+    means = [
+        statistics.mean(t["val_last"] for t in trials if _same_setting(t, c)) for c in candidates
+    ]
+    best = int(np.argmax(means))  # first maximum: ties go to the earlier candidate
+    print(f"[tune {method} <- {role}] choice {candidates[best]}", flush=True)
+    return {
+        "method": method,
+        "teacher": role,
+        "criterion": "mean last-epoch validation accuracy (ties: the earlier candidate)",
+        "trials": trials,
+        "choice": candidates[best],
+        "val_last_mean": means[best],
+    }
+
+
+def _same_setting(trial: dict[str, Any], candidate: dict[str, Any]) -> bool:
+    return all(trial[k] == v for k, v in candidate.items())
+
+
+def t_quantile(confidence: float, dof: int) -> float:
+    """The two-sided Student-t critical value (SciPy, a `dev` dependency)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + confidence / 2, dof))
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean of `a - b` over the seeds both have, with its 95% t-interval.
+
+    Args:
+        a: seed -> accuracy of one method.
+        b: seed -> accuracy of the reference.
+
+    Returns:
+        `{"n", "mean", "std", "ci95", "excludes_zero"}`, or None below two
+        common seeds.
+    """
+    seeds = sorted(a.keys() & b.keys())
+    if len(seeds) < 2:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+    half = t_quantile(0.95, len(diffs) - 1) * std / math.sqrt(len(diffs))
+    low, high = mean - half, mean + half
+    return {
+        "seeds": seeds,
+        "n": len(seeds),
+        "mean": mean,
+        "std": std,
+        "ci95": [low, high],
+        "excludes_zero": bool(low > 0 or high < 0),
+    }
+
+
+def paired_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per teacher, every method's paired test difference to the best KD variant.
+
+    The best KD variant of a teacher (`kd` or `kd_tuned`, any method whose
+    name starts with `kd`) is the one with the higher mean last-epoch
+    *validation* accuracy: chosen without the test split.
+
+    Args:
+        runs: the run records.
+
+    Returns:
+        Rows `{"teacher", "method", "reference", ...paired_difference}`.
+    """
+    by_cell: dict[tuple, dict[int, dict]] = {}
+    for run in runs:
+        by_cell.setdefault((run["teacher"], run["method"]), {})[run["seed"]] = run
+    rows = []
+    for role in dict.fromkeys(r for r, _ in by_cell if r is not None):
+        kd_cells = {m: c for (r, m), c in by_cell.items() if r == role and m.startswith("kd")}
+        if not kd_cells:
+            continue
+        reference = max(
+            kd_cells, key=lambda m: statistics.mean(_values(kd_cells[m], "val_last") or [-1.0])
+        )
+        ref_test = {s: r["test_last"] for s, r in kd_cells[reference].items()}
+        for (r, method), cell in by_cell.items():
+            if r != role or method == reference:
+                continue
+            diff = paired_difference({s: x["test_last"] for s, x in cell.items()}, ref_test)
+            if diff is not None:
+                rows.append({"teacher": role, "method": method, "reference": reference, **diff})
+    return rows
+
+
+def _values(cell: dict[int, dict], key: str) -> list[float]:
+    return [r[key] for r in cell.values() if r.get(key) is not None and not math.isnan(r[key])]
+
+
 def plan(cfg: dict[str, Any]) -> list[tuple[str, str | None]]:
     """The `(method, teacher role)` runs of one seed, in order.
 
@@ -894,7 +1150,8 @@ def plan(cfg: dict[str, Any]) -> list[tuple[str, str | None]]:
     if "ce" in cfg["methods"]:
         runs.append(("ce", None))
     for role in cfg["teacher_roles"]:
-        runs += [(m, role) for m in TEACHER_METHODS + EXTRA_METHODS if m in cfg["methods"]]
+        chosen = cfg["small_methods"] if role == "small" else cfg["methods"]
+        runs += [(m, role) for m in TEACHER_METHODS + EXTRA_METHODS if m in chosen]
     if "regt_kd" in cfg["methods"]:
         runs.append(("regt_kd", "large_regt"))
     return runs
@@ -932,8 +1189,17 @@ def summarize_runs(runs: list[dict[str, Any]], teachers: dict[str, dict]) -> lis
     return rows
 
 
+def _seed_values(runs: list[dict[str, Any]], role: str, method: str) -> dict[int, float]:
+    return {
+        r["seed"]: r["test_last"] for r in runs if (r["teacher"], r["method"]) == (role, method)
+    }
+
+
 def regime_check(
-    table: list[dict[str, Any]], teachers: dict[str, dict], role: str = "large"
+    table: list[dict[str, Any]],
+    teachers: dict[str, dict],
+    role: str = "large",
+    runs: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any] | None:
     """Whether the run shows capacity mismatch: a more accurate large teacher
     whose plain-KD student is no better than the small teacher's.
@@ -942,15 +1208,18 @@ def regime_check(
         table: `summarize_runs` rows.
         teachers: role -> teacher report.
         role: the large teacher's role (`large` or `large_flat`).
+        runs: the run records (for the seed-paired difference and its interval).
 
     Returns:
-        The comparison (`holds`, the two KD means and stds, the difference and
-        a message), or None when either KD row or teacher is missing.
+        The comparison (`holds`, the two KD means and stds, the difference, its
+        seed-paired 95% interval and a message), or None when either KD row or
+        teacher is missing.
     """
     kd = {r["teacher"]: r for r in table if r["method"] == "kd"}
     if not {"small", role} <= kd.keys() or not {"small", role} <= teachers.keys():
         return None
     small, large = kd["small"], kd[role]
+    paired = paired_difference(*(_seed_values(runs, r, "kd") for r in (role, "small")))
     more_accurate = teachers[role]["test_accuracy"] > teachers["small"]["test_accuracy"]
     difference = large["test_last_mean"] - small["test_last_mean"]
     no_better = difference <= 0.0
@@ -962,6 +1231,7 @@ def regime_check(
         "kd_small_test_last": [small["test_last_mean"], small["test_last_std"]],
         "kd_large_test_last": [large["test_last_mean"], large["test_last_std"]],
         "kd_large_minus_small": difference,
+        "kd_large_minus_small_paired": paired,
         "message": (
             f"Regime {'shown' if holds else 'NOT shown'} ({role}): large teacher "
             f"{'more' if more_accurate else 'not more'} accurate "
@@ -969,7 +1239,14 @@ def regime_check(
             f"{100 * teachers['small']['test_accuracy']:.2f}%); plain-KD student from it "
             f"{_pct(large['test_last_mean'], large['test_last_std'])} vs "
             f"{_pct(small['test_last_mean'], small['test_last_std'])} from the small one "
-            f"({100 * difference:+.2f} points)."
+            f"({100 * difference:+.2f} points"
+            + (
+                f", seed-paired 95% CI [{100 * paired['ci95'][0]:+.2f}, "
+                f"{100 * paired['ci95'][1]:+.2f}]"
+                if paired
+                else ""
+            )
+            + ")."
         ),
     }
 
@@ -991,14 +1268,23 @@ def teacher_check(reports: dict[str, dict], role: str, temperature: float) -> di
     small, large = reports["small"], reports[role]
     flatter = large["non_target_variance_T"] < small["non_target_variance_T"]
     more_accurate = large["test_accuracy"] > small["test_accuracy"]
+    spearman = large.get("spearman_vs_small")
+    alike = spearman is not None and spearman >= SPEARMAN_MIN
     return {
         "large_flatter": flatter,
         "large_more_accurate": more_accurate,
+        "spearman_vs_small": spearman,
+        "spearman_at_least_min": alike,
+        "spearman_min": SPEARMAN_MIN,
+        "teachers_in_regime": flatter and more_accurate and alike,
         "message": (
             f"Check ({role}): large teacher's non-target variance at T={temperature:g} "
             f"{'<' if flatter else '>='} small's ({large['non_target_variance_T']:.3e} vs "
             f"{small['non_target_variance_T']:.3e}); large teacher "
-            f"{'more' if more_accurate else 'not more'} accurate on test."
+            f"{'more' if more_accurate else 'not more'} accurate on test "
+            f"({100 * large['test_accuracy']:.2f}% vs {100 * small['test_accuracy']:.2f}%); "
+            f"Spearman vs small {_number(spearman, '.3f')} "
+            f"({'>=' if alike else '<'} {SPEARMAN_MIN})."
         ),
     }
 
@@ -1067,6 +1353,12 @@ def tables(results: dict[str, Any]) -> str:
     if results.get("tuning"):
         parts.append("")
         parts.append(f"ISATS tuning choice: {results['tuning']['choice']}")
+    for method, per_role in (results.get("tuned_methods") or {}).items():
+        for role, record in per_role.items():
+            parts.append(
+                f"{method} <- {role}: choice {record['choice']} (validation "
+                f"{100 * record['val_last_mean']:.2f}%, {len(record['trials'])} trials)"
+            )
     rows = []
     for r in results["table"]:
         teacher = "-" if r["teacher"] is None else f"{r['teacher']} ({r['teacher_model']})"
@@ -1099,14 +1391,77 @@ def tables(results: dict[str, Any]) -> str:
             rows,
         )
     )
+    if results.get("paired"):
+        parts.append("")
+        parts.append(
+            _common.markdown_table(
+                ["teacher", "method", "minus (best KD on val)", "seeds", "mean diff", "95% CI"],
+                [
+                    [
+                        p["teacher"],
+                        p["method"],
+                        p["reference"],
+                        p["n"],
+                        f"{100 * p['mean']:+.2f}",
+                        f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]"
+                        + (" *" if p["excludes_zero"] else ""),
+                    ]
+                    for p in results["paired"]
+                ],
+            )
+        )
+        parts.append("(test accuracy points, seeds paired; * the interval excludes 0)")
     if results.get("regime"):
         parts.append("")
         parts += [check["message"] for check in results["regime"].values()]
     return "\n".join(parts)
 
 
+def resume_state(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The finished tuning and runs of an earlier, unfinished run with the same settings.
+
+    Args:
+        cfg: the configuration (`output`, `resume`).
+
+    Returns:
+        `{"tuning", "tuned", "runs"}` from the results file at `cfg["output"]`
+        when `--resume` is on and its settings match (all but `RESUME_IGNORED`);
+        empty values otherwise.
+    """
+    empty = {"tuning": None, "tuned": {}, "runs": []}
+    path = Path(cfg["output"])
+    if not cfg["resume"] or not path.is_file():
+        return empty
+    try:
+        previous = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise app.UsageError(
+            f"{path} is not valid JSON ({error}): a results file cut short? Move it away, or "
+            "pass --noresume to start over."
+        ) from None
+    if _resume_key(previous.get("config", {})) != _resume_key(cfg):
+        print(f"[resume] {path} has other settings: starting over", flush=True)
+        return empty
+    state = {
+        "tuning": previous.get("tuning"),
+        "tuned": previous.get("tuned_methods") or {},
+        "runs": previous.get("runs") or [],
+    }
+    print(
+        f"[resume] {path}: {len(state['runs'])} finished student runs kept"
+        + (", ISATS tuning kept" if state["tuning"] else ""),
+        flush=True,
+    )
+    return state
+
+
+def _resume_key(cfg: dict[str, Any]) -> str:
+    kept = {k: v for k, v in cfg.items() if k not in RESUME_IGNORED}
+    return json.dumps(_common.jsonable(kept), sort_keys=True)
+
+
 def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Runs the protocol and writes the JSON.
+    """Runs the protocol and writes the JSON; resumes an unfinished results file.
 
     Args:
         cfg: the configuration (`config_from_flags`).
@@ -1125,7 +1480,9 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["test_per_class"],
         cfg["batch_size"],
         cfg["pipeline"],
+        cfg["classes"],
     )
+    state = resume_state(cfg)
     roles = ["small", "large"] if any(m != "ce" for m in cfg["methods"]) or cfg["tune"] else []
     if "large_flat" in cfg["teacher_roles"]:
         roles.append("large_flat")
@@ -1148,8 +1505,10 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
             mismatch[role] = check
             print(check["message"], flush=True)
     isats = isats_from_flags(cfg)
-    tuning = None
-    runs: list[dict[str, Any]] = []
+    tuning = state["tuning"]
+    tuned: dict[str, dict[str, Any]] = state["tuned"]  # method -> role -> record
+    runs: list[dict[str, Any]] = state["runs"]
+    done = {(r["teacher"], r["method"], r["seed"]) for r in runs}
 
     def assemble(complete: bool) -> dict[str, Any]:
         table = summarize_runs(runs, reports)
@@ -1164,48 +1523,59 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
             "teachers": reports,
             "mismatch_check": mismatch,
             "tuning": tuning,
+            "tuned_methods": tuned,
             "runs": runs,
             "table": table,
+            "paired": paired_table(runs),
             "regime": {
                 role: check
                 for role in LARGE_ROLES
-                if (check := regime_check(table, reports, role)) is not None
+                if (check := regime_check(table, reports, role, runs)) is not None
             },
             "timings": {**timings, "total_seconds": time.perf_counter() - start},
             "load_average_end": _common.load_average(),
         }
 
+    store = LogitsStore(teachers, data, cfg)
     if cfg["tune"] and not cfg["teachers_only"]:
-        tuning = run_tuning(data, teachers, cfg)
+        if tuning is None:
+            phase = time.perf_counter()
+            tuning = run_tuning(data, store, cfg)
+            timings["tuning_seconds"] = time.perf_counter() - phase
+            _common.write_json(cfg["output"], assemble(complete=False))
         isats = {k: tuning["choice"][k] for k in TUNED}
-        timings["tuning_seconds"] = time.perf_counter() - start - sum(timings.values())
-        _common.write_json(cfg["output"], assemble(complete=False))
     if not (cfg["tune_only"] or cfg["teachers_only"]):
-        use_cache = cache_fits(data, cfg)
         for seed in cfg["seeds"]:
-            cache: dict[str, TeacherLogits] = {}
             for method, role in plan(cfg):
-                cached, logits_seconds = None, 0.0
-                if role is not None and use_cache:
-                    if role not in cache:  # one teacher's logits in memory at a time
-                        cache = {role: TeacherLogits(teachers[role], data, seed, cfg["epochs"])}
-                        logits_seconds = cache[role].seconds
-                    cached = cache[role]
+                if (role, method, seed) in done:
+                    continue
+                settings = None
+                if method in TUNED_METHODS:
+                    if role not in tuned.get(method, {}):
+                        phase = time.perf_counter()
+                        record = tune_method(method, role, data, store, cfg, isats)
+                        tuned.setdefault(method, {})[role] = record
+                        key = f"tuning_{method}_seconds"
+                        timings[key] = timings.get(key, 0.0) + time.perf_counter() - phase
+                        _common.write_json(cfg["output"], assemble(complete=False))
+                    settings = tuned[method][role]["choice"]
+                cached, logits_seconds = store.get(role if method != "ce" else None, seed)
                 label = f"{method}" + (f" <- {role}" if role else "")
                 print(f"[student seed {seed}] {label}", flush=True)
                 splits = ("val", "test") if data.sizes()["val"] else ("test",)
                 run = train_student(
-                    method, teachers.get(role), cached, data, seed, cfg, isats, splits
+                    method, teachers.get(role), cached, data, seed, cfg, isats, splits, settings
                 )
                 run["teacher"] = role
                 run["logits_seconds"] = logits_seconds
                 runs.append(run)
+                done.add((role, method, seed))
                 print(
                     f"    test last {100 * run['test_last']:.2f}  best "
                     f"{100 * run['test_best']:.2f}  ({run['seconds']:.0f} s)",
                     flush=True,
                 )
-                # a partial record after every run: a long run cut short keeps its results
+                # a partial record after every run: a run cut short resumes from it
                 _common.write_json(cfg["output"], assemble(complete=False))
     results = assemble(complete=True)
     text = tables(results)
@@ -1247,6 +1617,16 @@ def _floats(text: str, name: str) -> list[float]:
         raise app.UsageError(f"--{name} must be a comma list of numbers.") from None
 
 
+def _pairs(text: str, name: str) -> list[list[float]]:
+    try:
+        pairs = [[float(v) for v in item.split(":")] for item in _common.parse_list(text)]
+    except ValueError:
+        pairs = [[]]
+    if any(len(p) != 2 for p in pairs):
+        raise app.UsageError(f"--{name} must be a comma list of tau1:tau2 pairs, e.g. 4:2,2:1.")
+    return pairs
+
+
 def _ints(text: str, name: str) -> list[int]:
     try:
         return [int(v) for v in _common.parse_list(text)]
@@ -1270,6 +1650,10 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         raise app.UsageError(
             f"--methods: unknown {unknown}; choose from {METHODS + EXTRA_METHODS}."
         )
+    small_methods = _common.parse_list(FLAGS.small_methods or "")
+    unknown = [m for m in small_methods if m not in methods]
+    if unknown:
+        raise app.UsageError(f"--small_methods: {unknown} are not in --methods.")
     cfg: dict[str, Any] = {
         "argv": list(argv),
         "data_dir": FLAGS.data_dir,
@@ -1278,6 +1662,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "small_teacher": FLAGS.small_teacher,
         "large_teacher": FLAGS.large_teacher,
         "per_class": FLAGS.per_class,
+        "classes": FLAGS.classes,
         "val_per_class": FLAGS.val_per_class,
         "test_per_class": FLAGS.test_per_class,
         "teacher_epochs": FLAGS.teacher_epochs,
@@ -1297,6 +1682,8 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "seeds": _ints(FLAGS.seeds, "seeds"),
         "teacher_seed": FLAGS.teacher_seed,
         "methods": methods,
+        "small_methods": methods if FLAGS.small_methods is None else small_methods,
+        "resume": FLAGS.resume,
         "eval_every": FLAGS.eval_every,
         "temperature": FLAGS.temperature,
         "fgcr_weight": FLAGS.fgcr_weight,
@@ -1315,6 +1702,8 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         ],
         "tune_mode": FLAGS.tune_mode,
         "tune_seeds": _ints(FLAGS.tune_seeds, "tune_seeds"),
+        "tune_kd_temperatures": _floats(FLAGS.tune_kd_temperatures, "tune_kd_temperatures"),
+        "tune_ats": _pairs(FLAGS.tune_ats, "tune_ats"),
         "teacher_logits": FLAGS.teacher_logits,
         "logits_cache_mb": FLAGS.logits_cache_mb,
         "jit_compile": {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
@@ -1334,6 +1723,14 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
     )
     if not cfg["seeds"]:
         raise app.UsageError("--seeds is empty.")
+    if not 2 <= cfg["classes"] <= NUM_CLASSES:
+        raise app.UsageError(f"--classes must lie in [2, {NUM_CLASSES}]; got {cfg['classes']}.")
+    if not cfg["tune_seeds"]:
+        raise app.UsageError("--tune_seeds is empty.")
+    for name in ("tune_kd_temperatures", "tune_ats"):
+        values = np.asarray(cfg[name], dtype=float)
+        if values.size == 0 or not np.all(values > 0):
+            raise app.UsageError(f"--{name} needs at least one value, all > 0.")
     unknown = [r for r in cfg["teacher_roles"] if r not in TEACHER_ROLES]
     if unknown or not cfg["teacher_roles"]:
         raise app.UsageError(f"--teacher_roles: unknown {unknown}; choose from {TEACHER_ROLES}.")

@@ -77,7 +77,7 @@ def test_brute_force_search_matches_isats(step_time):
     labels = rng.integers(0, 100, 6).astype("int32")
     logits[np.arange(6), labels] += 10.0  # correctly classified: interior maximum
     fast = keras.ops.convert_to_numpy(
-        step_time.kd_ops.isats_temperature(logits, labels, **step_time.ISATS_SEARCH)
+        step_time.isats_temperature(logits, labels, **step_time.ISATS_SEARCH)
     )
     np.testing.assert_allclose(fast, step_time.brute_force_search(logits, labels), rtol=1e-4)
 
@@ -354,3 +354,103 @@ def test_capacity_mismatch_teachers_only(capacity, tmp_path, one_thread):
     assert "| teacher | method |" not in results["markdown"]  # no empty student table
     assert -1.0 <= results["teachers"]["large"]["spearman_vs_small"] < 1.0
     assert json.loads(output.read_text())["complete"] is True
+
+
+def test_capacity_paired_difference_reference(capacity):
+    a = {0: 0.50, 1: 0.60, 2: 0.55, 3: 0.52, 4: 0.58}
+    b = {0: 0.48, 1: 0.57, 2: 0.56, 3: 0.50, 4: 0.55, 5: 0.90}  # seed 5 has no pair
+    diffs = np.array([a[s] - b[s] for s in range(5)], np.float64)
+    half = 2.7764451051977987 * diffs.std(ddof=1) / np.sqrt(5)  # t(0.975, 4 dof)
+    result = capacity.paired_difference(a, b)
+    assert result["seeds"] == [0, 1, 2, 3, 4] and result["n"] == 5
+    assert result["mean"] == pytest.approx(diffs.mean(), abs=1e-12)
+    assert result["std"] == pytest.approx(diffs.std(ddof=1), abs=1e-12)
+    assert result["ci95"] == pytest.approx([diffs.mean() - half, diffs.mean() + half], abs=1e-9)
+    assert result["excludes_zero"] is bool(diffs.mean() - half > 0)
+    shifted = capacity.paired_difference({s: v + 0.1 for s, v in b.items()}, b)
+    assert shifted["excludes_zero"] is True  # a constant gain: zero spread
+    assert capacity.paired_difference({0: 0.5}, b) is None  # one common seed: no interval
+
+
+def test_capacity_paired_table_chooses_best_kd_on_validation(capacity):
+    def run(method, seed, test, val):
+        return {
+            "teacher": "large",
+            "method": method,
+            "seed": seed,
+            "test_last": test,
+            "val_last": val,
+        }
+
+    runs = [run("kd", s, 0.30 + s / 100, 0.10) for s in range(3)]  # better on test
+    runs += [run("kd_tuned", s, 0.20, 0.20) for s in range(3)]  # better on validation
+    runs += [run("isats", s, 0.25 + s / 50, 0.15) for s in range(3)]
+    runs.append({**run("ce", 0, 0.1, 0.1), "teacher": None})
+    rows = {r["method"]: r for r in capacity.paired_table(runs)}
+    assert set(rows) == {"kd", "isats"}
+    assert {r["reference"] for r in rows.values()} == {"kd_tuned"}
+    isats = np.array([0.25 + s / 50 - 0.20 for s in range(3)])
+    assert rows["isats"]["mean"] == pytest.approx(isats.mean(), abs=1e-12)
+
+
+def _records(path):
+    return {(r["teacher"], r["method"], r["seed"]): r for r in json.loads(path.read_text())["runs"]}
+
+
+def test_capacity_mismatch_tuned_kd_and_resume(capacity, tmp_path, one_thread):
+    output = tmp_path / "resume.json"
+    argv = _tiny_capacity_argv(
+        tmp_path,
+        output,
+        "--student=resnet8",
+        "--val_per_class=1",
+        "--epochs=1",
+        "--seeds=0,1",
+        "--methods=kd,kd_tuned",
+        "--small_methods=kd",
+        "--tune_kd_temperatures=2,4",
+    )
+    first = capacity.main(argv)
+    tuning = first["tuned_methods"]["kd_tuned"]["large"]
+    means = [
+        np.mean([t["val_last"] for t in tuning["trials"] if t["kd_temperature"] == temp])
+        for temp in (2.0, 4.0)
+    ]
+    assert tuning["choice"] == {"kd_temperature": [2.0, 4.0][int(np.argmax(means))]}
+    assert "small" not in first["tuned_methods"]["kd_tuned"]  # --small_methods=kd
+    assert {(r["teacher"], r["method"]) for r in first["table"]} == {
+        ("small", "kd"),
+        ("large", "kd"),
+        ("large", "kd_tuned"),
+    }
+    assert {p["teacher"] for p in first["paired"]} == {"large"}
+    assert first["regime"]["large"]["kd_large_minus_small_paired"]["n"] == 2
+    assert "excludes 0" in first["markdown"]
+    before = _records(output)
+    # a run killed after seed 0: its file keeps seed 0's runs and the tuning
+    cut = json.loads(output.read_text())
+    cut["runs"] = [r for r in cut["runs"] if r["seed"] == 0]
+    cut["complete"] = False
+    output.write_text(json.dumps(cut))
+    resumed = capacity.main(argv)
+    after = _records(output)
+    assert after.keys() == before.keys() and resumed["complete"] is True
+    for key, record in after.items():
+        kept = key[2] == 0
+        assert (record["seconds"] == before[key]["seconds"]) is kept  # kept, not retrained
+    assert resumed["tuned_methods"] == first["tuned_methods"]
+    restarted = capacity.main([*argv, "--noresume"])
+    assert all(
+        r["seconds"] != after[(r["teacher"], r["method"], r["seed"])]["seconds"]
+        for r in restarted["runs"]
+    )
+
+
+def test_capacity_mismatch_refuses_a_cut_results_file(capacity, tmp_path):
+    from absl import app
+
+    output = tmp_path / "cut.json"
+    output.write_text('{"benchmark": "capacity_mis')
+    argv = _tiny_capacity_argv(tmp_path, output, "--val_per_class=1")
+    with pytest.raises(app.UsageError, match="--noresume"):
+        capacity.main(argv)
