@@ -15,7 +15,7 @@ process, after warm-up, in interleaved (round-robin) rounds:
   relative to its compiled inference;
 - `keras_distiller`: `keras.distillation.Distiller` with
   `LogitsDistillation(temperature=4, loss=KLDivergence())`, where Keras has it;
-- `isats_search` / `isats_brute_force`: `keras_kdcap.ops.isats_temperature`
+- `isats_search` / `isats_brute_force`: `keras_kdcap.policies.isats.isats_temperature`
   compiled, against a per-sample, per-candidate NumPy float64 loop.
 
 and reports ratios (median of the per-round ratios) against their goals:
@@ -36,6 +36,7 @@ the device, backend and versions, and prints markdown tables.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from collections.abc import Sequence
@@ -52,13 +53,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from keras_kdcap import Distiller  # noqa: E402
-from keras_kdcap import ops as kd_ops  # noqa: E402
 from keras_kdcap.models import count_params, get_model  # noqa: E402
-from keras_kdcap.policies import (  # noqa: E402
-    FGCR,
-    TemperaturePolicy,
-    get_policy,
-    get_policy_names,
+from keras_kdcap.policies import TemperaturePolicy, get_policy_names  # noqa: E402
+from keras_kdcap.policies.isats import isats_temperature  # noqa: E402
+from keras_kdcap.policies.registry import (  # noqa: E402
+    convert_arguments,
+    parse_policy_args,
+    policy_arguments,
+    policy_class,
 )
 
 #: named teacher -> student pairs.
@@ -87,6 +89,20 @@ flags.DEFINE_integer("steps", 5, "Steps per variant per round.", flag_values=FLA
 flags.DEFINE_integer("warmup", 3, "Untimed steps per variant after compilation.", flag_values=FLAGS)
 flags.DEFINE_string(
     "policies", "kd,ats,isats,fgcr", "Comma list of keras_kdcap policy names.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "policy_args",
+    "",
+    "Constructor arguments of the policies, name=value comma list (e.g. temperature=2); each "
+    "goes to every listed policy that takes it.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "policy_module",
+    None,
+    "Comma list of Python modules to import first: policies they define (with a "
+    "`registry_name`) can then be named in --policies.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_enum(
     "jit_compile",
@@ -218,21 +234,38 @@ def build_model(name: str, seed: int) -> keras.Model:
     return get_model(name, num_classes=NUM_CLASSES)
 
 
-def make_policy(name: str, teacher: keras.Model) -> TemperaturePolicy:
-    """A policy by flag name, prepared (FGCR gets classifier relations, no data pass).
+def policy_kwargs(name: str, args: dict[str, str]) -> dict[str, Any]:
+    """The `--policy_args` a policy takes, typed by its constructor.
 
     Args:
-        name: policy flag name, or `none` for the diagnostic `NullKD`.
-        teacher: the teacher (FGCR reads its classifier kernel).
+        name: registry name.
+        args: `parse_policy_args` of `--policy_args`.
+
+    Returns:
+        Keyword arguments for the policy's constructor.
+    """
+    cls = policy_class(name)
+    takes = policy_arguments(cls)
+    return convert_arguments(cls, {k: v for k, v in args.items() if k in takes})
+
+
+def make_policy(
+    name: str, teacher: keras.Model, args: dict[str, str] | None = None
+) -> TemperaturePolicy:
+    """A policy by registry name, prepared for `teacher` without data (`policy.prepare`).
+
+    Args:
+        name: registry name, or `none` for the diagnostic `NullKD`.
+        teacher: the teacher (e.g. FGCR reads its classifier kernel).
+        args: `--policy_args` as parsed text; each goes to the policy if it takes it.
 
     Returns:
         The policy.
     """
     if name == "none":
         return NullKD(name="null_kd")
-    policy = get_policy(name)
-    if isinstance(policy, FGCR):
-        policy.set_classifier_relations(teacher.get_layer("classifier").kernel)
+    policy = policy_class(name)(**policy_kwargs(name, args or {}))
+    policy.prepare(teacher, None)
     return policy
 
 
@@ -251,6 +284,7 @@ def build_variants(
     jit_compile: bool,
     seed: int,
     with_keras: bool,
+    policy_args: dict[str, str] | None = None,
 ) -> tuple[dict[str, tuple[keras.Model, str]], keras.Model]:
     """Builds and compiles every model to time for one pair and one jit setting.
 
@@ -261,6 +295,7 @@ def build_variants(
         jit_compile: passed to every `compile`.
         seed: initialisation seed (every student starts from the same weights).
         with_keras: add `keras.distillation.Distiller`.
+        policy_args: `--policy_args` (see `make_policy`).
 
     Returns:
         `(variants, teacher)`: name -> `(model, "train" | "predict")`.
@@ -274,7 +309,9 @@ def build_variants(
     for name in policies:
         distiller = Distiller(teacher, build_model(student_name, seed))
         distiller.compile(
-            optimizer=_optimizer(), policy=make_policy(name, teacher), jit_compile=jit_compile
+            optimizer=_optimizer(),
+            policy=make_policy(name, teacher, policy_args),
+            jit_compile=jit_compile,
         )
         variants[f"distill/{name}"] = (distiller, "train")
     if with_keras:
@@ -382,7 +419,7 @@ def search_runners(
     labels_t = ops.convert_to_tensor(labels)
 
     def search(f, y):
-        return kd_ops.isats_temperature(f, y, **ISATS_SEARCH)
+        return isats_temperature(f, y, **ISATS_SEARCH)
 
     compiled = _common.compile_function(search, jit_compile)
     fast = np.asarray(ops.convert_to_numpy(compiled(logits_t, labels_t)), np.float64)
@@ -402,6 +439,7 @@ def kd_term_runners(
     teacher_logits: np.ndarray,
     labels: np.ndarray,
     jit_compile: bool,
+    policy_args: dict[str, str] | None = None,
 ) -> dict[str, _common.CallableRunner]:
     """Each policy's KD term alone (value and gradient w.r.t. the student logits).
 
@@ -411,6 +449,7 @@ def kd_term_runners(
         teacher_logits: `[B, C]` logits.
         labels: `[B]` labels.
         jit_compile: compile with the backend's compiler.
+        policy_args: `--policy_args` (see `make_policy`).
 
     Returns:
         name -> runner timing `policy.kd_loss` plus a backward pass.
@@ -423,7 +462,7 @@ def kd_term_runners(
     labels_t = ops.convert_to_tensor(labels)
     runners = {}
     for name in policies:
-        policy = make_policy(name, teacher)
+        policy = make_policy(name, teacher, policy_args)
         fn = _value_and_grad(policy)
         compiled = _common.compile_function(fn, jit_compile)
         compiled(logits_t, student_logits, labels_t)
@@ -467,13 +506,19 @@ def _value_and_grad(policy: TemperaturePolicy):
 
 
 # ------------------------------------------------------------------ diagnostics
-def dtype_check(policies: Sequence[str], teacher: keras.Model, batch: int) -> dict[str, Any]:
+def dtype_check(
+    policies: Sequence[str],
+    teacher: keras.Model,
+    batch: int,
+    policy_args: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Dtypes of each policy's KD loss, target and temperature on float32 inputs.
 
     Args:
         policies: policy flag names.
         teacher: the teacher (for FGCR).
         batch: rows of the random logits.
+        policy_args: `--policy_args` (see `make_policy`).
 
     Returns:
         name -> `{"loss", "target", "float64": bool}`.
@@ -484,7 +529,7 @@ def dtype_check(policies: Sequence[str], teacher: keras.Model, batch: int) -> di
     y = ops.convert_to_tensor(rng.integers(0, NUM_CLASSES, batch).astype("int32"))
     report = {}
     for name in policies:
-        loss, probs, stats = make_policy(name, teacher).kd_loss(f, g, y, True)
+        loss, probs, stats = make_policy(name, teacher, policy_args).kd_loss(f, g, y, True)
         dtypes = {
             "loss": str(loss.dtype),
             "target": str(probs.dtype),
@@ -644,7 +689,13 @@ def bench_pair(
     with_keras = cfg["keras_distiller"] and has_keras_distiller()
     start = time.perf_counter()
     variants, teacher = build_variants(
-        teacher_name, student_name, policies, jit_compile, cfg["seed"], with_keras
+        teacher_name,
+        student_name,
+        policies,
+        jit_compile,
+        cfg["seed"],
+        with_keras,
+        cfg.get("policy_args"),
     )
     runners: dict[str, Any] = {
         name: _common.StepRunner(model, x, y if kind == "train" else None, kind=kind, api=api)
@@ -663,8 +714,11 @@ def bench_pair(
                 optimizer=_optimizer(), policy=make_policy(name, teacher), jit_compile=jit_compile
             )
             runners[f"cached/{name}"] = _common.StepRunner(distiller, cached_x, y, api=api)
-        runners.update(kd_term_runners(cfg["policies"], teacher, teacher_logits, y, jit_compile))
-        diagnostics["dtypes"] = dtype_check(cfg["policies"], teacher, cfg["batch_size"])
+        args = cfg.get("policy_args")
+        runners.update(
+            kd_term_runners(cfg["policies"], teacher, teacher_logits, y, jit_compile, args)
+        )
+        diagnostics["dtypes"] = dtype_check(cfg["policies"], teacher, cfg["batch_size"], args)
         diagnostics["teacher"] = teacher_check(variants)
         if cfg["op_counts"]:
             diagnostics["op_counts"] = {
@@ -813,6 +867,37 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def check_policy_args(policies: Sequence[str], text: str) -> dict[str, str]:
+    """Parses `--policy_args` and builds every policy with them once (their own checks).
+
+    Args:
+        policies: registry names.
+        text: the flag's value.
+
+    Returns:
+        Argument name -> value text.
+
+    Raises:
+        app.UsageError: a malformed item, an argument no listed policy takes, or a
+            value a policy rejects; the message names the argument.
+    """
+    try:
+        args = parse_policy_args(text)
+    except ValueError as err:
+        raise app.UsageError(f"--policy_args: {err}") from None
+    for name in args:
+        if not any(name in policy_arguments(policy_class(p)) for p in policies):
+            raise app.UsageError(
+                f"--policy_args: {name!r} is an argument of none of --policies={','.join(policies)}"
+            )
+    for policy in policies:
+        try:
+            policy_class(policy)(**policy_kwargs(policy, args))
+        except (TypeError, ValueError) as err:
+            raise app.UsageError(f"--policy_args ({policy}): {err}") from None
+    return args
+
+
 def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
     """The run configuration from the parsed flags.
 
@@ -823,12 +908,18 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         A dict of settings.
     """
     backend = keras.backend.backend()
+    for module in _common.parse_list(FLAGS.policy_module or ""):
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise app.UsageError(f"--policy_module={module}: cannot import it ({err})") from None
     policies = _common.parse_list(FLAGS.policies)
     if not policies:
         raise app.UsageError("--policies is empty.")
     unknown = [n for n in policies if n not in get_policy_names()]
     if unknown:
         raise app.UsageError(f"--policies: unknown {unknown}; choose from {get_policy_names()}.")
+    policy_args = check_policy_args(policies, FLAGS.policy_args)
     _common.check_at_least_one(FLAGS.flag_values_dict(), ("batch_size", "repeats", "steps"))
     if FLAGS.warmup < 0:
         raise app.UsageError("--warmup must be >= 0.")
@@ -842,6 +933,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "steps": FLAGS.steps,
         "warmup": FLAGS.warmup,
         "policies": policies,
+        "policy_args": policy_args,
         "jit_compile": FLAGS.jit_compile,
         "step_api": FLAGS.step_api,
         "keras_distiller": FLAGS.keras_distiller,

@@ -149,8 +149,25 @@ def dkd(f, g, y, tckd_weight, nckd_weight, tau, warmup=1.0) -> np.ndarray:
         rows = np.arange(len(y))
         target = p[rows, y]
         rest = p[np.arange(p.shape[1]) != y[:, None]].reshape(len(y), -1)
-        out.append((np.stack([target, 1.0 - target], axis=1), rest / rest.sum(axis=1, keepdims=True)))
+        out.append(
+            (np.stack([target, 1.0 - target], axis=1), rest / rest.sum(axis=1, keepdims=True))
+        )
     (bt, nt), (bs, ns) = out
     tckd = np.sum(bt * np.log(bt / bs), axis=1)
     nckd = np.sum(nt * np.log(nt / ns), axis=1)
     return warmup * tau**2 * (tckd_weight * tckd + nckd_weight * nckd)
+
+
+def soft_cross_entropy(g, targets) -> np.ndarray:
+    """-sum_c y_c log softmax(g)_c per sample, for soft (or one-hot) label rows y."""
+    return -(np.asarray(targets, np.float64) * log_softmax(g)).sum(axis=-1)
+
+
+def soft_label_class(targets) -> np.ndarray:
+    """The target class of a label row: its arg-max (the first one on a tie)."""
+    return np.argmax(np.asarray(targets, np.float64), axis=-1)
+
+
+def teacher_stand_in_labels(f) -> np.ndarray:
+    """Unlabelled data: the teacher's top class stands in for the label."""
+    return np.argmax(np.asarray(f, np.float64), axis=-1)

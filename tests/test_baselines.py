@@ -471,7 +471,8 @@ def test_fit_lowers_loss_and_save_load_round_trip(rng, tmp_path, name):
         np.testing.assert_array_equal(to_numpy(restored), to_numpy(saved))
     if isinstance(ctkd, CTKD):
         restored = loaded.policy if isinstance(loaded.policy, CTKD) else loaded.policy.base_policy
-        assert float(to_numpy(restored.current_temperature())) == float(to_numpy(ctkd.current_temperature()))
+        now = float(to_numpy(ctkd.current_temperature()))
+        assert float(to_numpy(restored.current_temperature())) == now
         assert float(to_numpy(restored.epoch)) == 1.0
 
 

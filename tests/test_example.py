@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from keras_kdcap.experiment import cli, compare
-from keras_kdcap.experiment.config import PRESETS, UsageError, applicable_policy_flags
+from keras_kdcap.experiment.config import PRESETS, UsageError, applicable_policy_args
 from keras_kdcap.experiment.report import last_and_best, read_csv_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,9 +183,13 @@ BAD_INPUTS = {
     "unknown preset": ["--preset=huge"],
     "missing data dir": ["--data_dir=/no/such/folder"],
     "numpy pipeline without the npz copy": ["--pipeline=numpy", "--data_dir={tmp}"],
-    "fgcr weight out of range": ["--policy=fgcr", "--fgcr_weight=2"],
-    "flag of another policy": ["--policy=isats", "--fgcr_weight=0.5"],
-    "empty temperature range": ["--min_temperature=5", "--max_temperature=2"],
+    "fgcr weight out of range": ["--policy=fgcr", "--policy_args=weight=2"],
+    "argument of another policy": ["--policy=isats", "--policy_args=weight=0.5"],
+    "empty temperature range": ["--policy_args=min_temperature=5,max_temperature=2"],
+    "policy argument without a value": ["--policy_args=temperature"],
+    "policy argument of the wrong type": ["--policy=kd", "--policy_args=temperature=hot"],
+    "base of a policy without one": ["--policy=kd", "--base_policy=isats"],
+    "missing policy module": ["--policy_module=no_such_policy_module"],
     "missing teacher file": ["--teacher=/no/such/teacher.keras"],
     "regt flag without regt": ["--regt_gamma=0.5"],
     "epochs with a teacher file": ["--teacher={tmp}/teacher.keras", "--teacher_epochs=3"],
@@ -211,7 +215,7 @@ def test_bad_input_gives_one_error_line(example, tmp_path, argv):
 def test_bad_input_exit_status_in_a_subprocess(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--policy=fgcr", "--fgcr_weight=2"],
+        [sys.executable, str(SCRIPT), "--policy=fgcr", "--policy_args=weight=2"],
         capture_output=True,
         text=True,
         env=env,
@@ -221,7 +225,7 @@ def test_bad_input_exit_status_in_a_subprocess(tmp_path):
     assert result.returncode == cli.EXIT_USAGE
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: flag --fgcr_weight=2: 2.0 is not a number in the range [0.0, 1.0]"
+        "error: --policy fgcr: `weight` must lie in [0, 1]; got 2.0."
     ]
 
 
@@ -243,20 +247,45 @@ def test_explicit_flags_override_the_preset(npz_dir):
     assert paper.output_dir.startswith("runs")
 
 
-def test_policy_flags_reach_the_policy(npz_dir):
-    config = cli.parse_experiment(["x", npz_dir, "--target_ratio=1.5", "--num_candidates=8"])
+def test_policy_args_reach_the_policy(npz_dir):
     from keras_kdcap.experiment import make_policy
 
+    argv = ["x", npz_dir, "--policy_args=target_ratio=1.5,num_candidates=8,refine=true"]
+    policy = make_policy(cli.parse_experiment(argv))
+    assert (policy.target_ratio, policy.num_candidates, policy.refine) == (1.5, 8, True)
+    argv = ["x", npz_dir, "--policy=dkd", "--policy_args=tckd_weight=2,nckd_weight=6"]
+    config = cli.parse_experiment(argv)
+    assert config.policy_args == {"tckd_weight": 2.0, "nckd_weight": 6.0}
+    assert (make_policy(config).tckd_weight, make_policy(config).nckd_weight) == (2.0, 6.0)
+    argv = ["x", npz_dir, "--policy=sckd", "--base_policy=fgcr", "--policy_args=weight=0.25"]
+    assert make_policy(cli.parse_experiment(argv)).base_policy.weight == 0.25
+    assert "weight" in applicable_policy_args("fgcr")
+    assert "weight" not in applicable_policy_args("kd")
+
+
+def test_deprecated_policy_flags_still_work_with_a_warning(npz_dir):
+    from keras_kdcap.experiment import make_policy
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        config = cli.parse_experiment(
+            ["x", npz_dir, "--policy=fgcr", "--fgcr_weight=0.25", "--fgcr_relations=classifier"]
+        )
+        dkd = cli.parse_experiment(["x", npz_dir, "--policy=dkd", "--dkd_alpha=2", "--dkd_beta=6"])
     policy = make_policy(config)
-    assert policy.target_ratio == 1.5 and policy.num_candidates == 8
-    config = cli.parse_experiment(["x", npz_dir, "--policy=fgcr", "--fgcr_weight=0.25"])
-    assert make_policy(config).weight == 0.25
-    assert "fgcr_weight" in applicable_policy_flags("fgcr")
-    assert "fgcr_weight" not in applicable_policy_flags("kd")
+    assert (policy.weight, policy.relation_source) == (0.25, "classifier")
+    assert (make_policy(dkd).tckd_weight, make_policy(dkd).nckd_weight) == (2.0, 6.0)
+    lines = err.getvalue().splitlines()
+    assert "warning: --fgcr_weight is deprecated, use --policy_args=weight=<value>" in lines[0]
+    assert len(lines) == 4 and all(line.startswith("warning: --") for line in lines)
+    with pytest.raises(UsageError, match="both set 'weight'"):
+        cli.parse_experiment(
+            ["x", npz_dir, "--policy=fgcr", "--fgcr_weight=0.2", "--policy_args=weight=0.3"]
+        )
 
 
 def test_compare_checks_and_table(npz_dir):
-    argv = ["x", npz_dir, "--temperature=3", "--teacher=resnet8"]
+    argv = ["x", npz_dir, "--policy_args=temperature=3", "--teacher=resnet8"]
     fv, explicit = cli.parse(argv, compare=True)
     base = cli.build_config(fv, explicit, policy="kd", seed=0)
     comparison = compare.check_comparison(base, ["kd", "isats"], [0, 1], explicit)
@@ -266,7 +295,7 @@ def test_compare_checks_and_table(npz_dir):
     assert comparison.runs[2][2].policy_args == {}  # isats takes no --temperature
     with pytest.raises(UsageError, match="applies to none"):
         compare.check_comparison(
-            base.replace(policy_args={"fgcr_weight": 0.5}), ["kd"], [0], {"fgcr_weight"}
+            base.replace(policy_args={"weight": 0.5}), ["kd"], [0], {"policy_args"}
         )
     mean, std = compare.summarise([0.5, 0.7])
     assert mean == pytest.approx(0.6) and std == pytest.approx(0.1414, abs=1e-4)
@@ -287,7 +316,7 @@ def test_compare_checks_and_table(npz_dir):
 def test_help_lists_the_flags(example):
     status, stdout, stderr = _run(example, ["--help"])
     assert status == 0 and stderr == ""
-    for flag in ("--teacher", "--policy", "--preset", "--fgcr_weight", "--target_ratio"):
+    for flag in ("--teacher", "--policy", "--preset", "--policy_args", "--policy_module"):
         assert flag in stdout
 
 

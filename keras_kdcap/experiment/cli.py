@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -11,17 +12,16 @@ from absl import flags
 
 from keras_kdcap.experiment.config import (
     DEFAULT_PRESET,
-    FGCR_RELATIONS,
-    POLICY_FLAG_NAMES,
-    POLICY_FLAGS,
+    LEGACY_POLICY_FLAGS,
     PRESETS,
     ExperimentConfig,
     UsageError,
     check_config,
     default_output_dir,
     one_line,
+    typed_policy_args,
 )
-from keras_kdcap.policies.registry import POLICIES
+from keras_kdcap.policies.registry import POLICIES, parse_policy_args
 
 #: exit status of a usage error (as argparse), and of an interrupted run.
 EXIT_USAGE = 2
@@ -92,12 +92,13 @@ def define_flags(flag_values: flags.FlagValues, compare: bool = False) -> None:
         )
         flags.DEFINE_string("seeds", "0,1", "Comma list of student seeds.", flag_values=fv)
     else:
-        flags.DEFINE_enum("policy", "isats", list(names), "Temperature policy.", flag_values=fv)
-        flags.DEFINE_enum(
+        flags.DEFINE_string(
+            "policy", "isats", f"Temperature policy: {', '.join(names)}.", flag_values=fv
+        )
+        flags.DEFINE_string(
             "base_policy",
             None,
-            list(names),
-            "Base policy of ls/sckd (its flags apply to it too).",
+            "Base policy of a policy that wraps another (ls, sckd); --policy_args apply to it too.",
             flag_values=fv,
         )
         flags.DEFINE_integer(
@@ -107,39 +108,35 @@ def define_flags(flag_values: flags.FlagValues, compare: bool = False) -> None:
             lower_bound=0,
             flag_values=fv,
         )
-    for flag in POLICY_FLAGS:
-        define = {
-            "float": flags.DEFINE_float,
-            "int": flags.DEFINE_integer,
-            "bool": flags.DEFINE_bool,
-            "string": flags.DEFINE_string,
-        }[flag.kind]
-        kwargs: dict[str, Any] = {}
-        if flag.name == "fgcr_weight":
-            kwargs = {"lower_bound": 0.0, "upper_bound": 1.0}
-        elif flag.name == "num_candidates":
-            kwargs = {"lower_bound": 2}
-        elif flag.name == "ls_ddof":
-            kwargs = {"lower_bound": 0, "upper_bound": 1}
-        elif flag.kind in ("float", "int") and not flag.name.endswith("temperature"):
-            kwargs = {"lower_bound": 0}
-        define(flag.name, None, f"{flag.help} Default: the policy's.", flag_values=fv, **kwargs)
-    _positive(fv, *(f.name for f in POLICY_FLAGS if f.name.endswith("temperature")))
-    flags.DEFINE_enum(
-        "fgcr_relations",
-        "data",
-        list(FGCR_RELATIONS),
-        "FGCR's class relations R: mean teacher probabilities per class over the training "
-        "set (data) or cosine similarities of the teacher's classifier weights (classifier).",
+    flags.DEFINE_string(
+        "policy_args",
+        "",
+        "Constructor arguments of the policy, as a name=value comma list, e.g. "
+        "--policy=dkd --policy_args=tckd_weight=1,nckd_weight=8 (docs/policies/<name>.md "
+        "lists them; the policy checks their values). Each also goes to --base_policy if it "
+        "takes it.",
         flag_values=fv,
     )
-    flags.DEFINE_float(
-        "fgcr_relation_temperature",
-        0.25,
-        "Temperature of the softmax of --fgcr_relations=classifier.",
+    flags.DEFINE_string(
+        "policy_module",
+        None,
+        "Comma list of Python modules to import first: policies they define (with a "
+        "`registry_name`) can then be named in --policy.",
         flag_values=fv,
     )
-    _positive(fv, "fgcr_relation_temperature")
+    define = {
+        "float": flags.DEFINE_float,
+        "int": flags.DEFINE_integer,
+        "bool": flags.DEFINE_bool,
+        "string": flags.DEFINE_string,
+    }
+    for flag, (kind, argument) in LEGACY_POLICY_FLAGS.items():
+        define[kind](
+            flag,
+            None,
+            f"Deprecated: use --policy_args={argument}=<value>.",
+            flag_values=fv,
+        )
     flags.DEFINE_float(
         "alpha",
         None,
@@ -269,7 +266,58 @@ def parse(argv: Sequence[str], compare: bool = False) -> tuple[flags.FlagValues,
     if len(rest) > 1:
         raise UsageError(f"unexpected argument {rest[1]!r} (flags are --name=value)")
     explicit = {name for name in fv if fv[name].present}
+    import_policy_modules(fv.policy_module)
     return fv, explicit
+
+
+def import_policy_modules(text: str | None) -> None:
+    """Imports the `--policy_module` modules, registering the policies they define.
+
+    Args:
+        text: comma list of module names, or None.
+
+    Raises:
+        UsageError: a module cannot be imported.
+    """
+    for module in [m.strip() for m in (text or "").split(",") if m.strip()]:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise UsageError(
+                f"--policy_module={module}: cannot import it ({one_line(err)})"
+            ) from None
+
+
+def policy_args_from_flags(fv: flags.FlagValues, explicit: set[str]) -> dict[str, Any]:
+    """`--policy_args` merged with the deprecated per-argument flags (which warn).
+
+    Args:
+        fv: parsed flags.
+        explicit: names of the flags set on the command line.
+
+    Returns:
+        Argument name -> value (text from `--policy_args`, typed from old flags).
+
+    Raises:
+        UsageError: a malformed `--policy_args`, or one argument set twice.
+    """
+    try:
+        args: dict[str, Any] = parse_policy_args(fv.policy_args or "")
+    except ValueError as err:
+        raise UsageError(f"--policy_args: {err}") from None
+    for flag, (_, argument) in LEGACY_POLICY_FLAGS.items():
+        if flag not in explicit:
+            continue
+        if argument in args:
+            raise UsageError(f"--{flag} and --policy_args both set {argument!r}: keep one")
+        print(
+            f"warning: --{flag} is deprecated, use --policy_args={argument}=<value> "
+            "(the old flag goes in the next release)",
+            file=sys.stderr,
+            flush=True,
+        )
+        args[argument] = fv[flag].value
+    return args
 
 
 def build_config(fv: flags.FlagValues, explicit: set[str], **overrides: Any) -> ExperimentConfig:
@@ -291,8 +339,6 @@ def build_config(fv: flags.FlagValues, explicit: set[str], **overrides: Any) -> 
         "policy",
         "base_policy",
         "seed",
-        "fgcr_relations",
-        "fgcr_relation_temperature",
         "temperature_scaling",
         "regt",
         "regt_gamma",
@@ -306,9 +352,10 @@ def build_config(fv: flags.FlagValues, explicit: set[str], **overrides: Any) -> 
     ):
         if name in fv:
             values[name] = fv[name].value
-    values["policy_args"] = {name: fv[name].value for name in POLICY_FLAG_NAMES if name in explicit}
     values["preset"] = fv.preset
     values.update(overrides)
+    policy_names = (values.get("policy"), values.get("base_policy"))
+    values["policy_args"] = typed_policy_args(policy_names, policy_args_from_flags(fv, explicit))
     if fv.output_dir:
         values["output_dir"] = fv.output_dir
     else:

@@ -13,8 +13,9 @@ from keras_kdcap.experiment import state
 from keras_kdcap.experiment.config import (
     ExperimentConfig,
     UsageError,
-    applicable_policy_flags,
+    applicable_policy_args,
     check_config,
+    typed_policy_args,
 )
 from keras_kdcap.experiment.phases import Log
 from keras_kdcap.experiment.report import format_seconds, format_table, json_ready, versions
@@ -58,15 +59,16 @@ def run_config(base: ExperimentConfig, policy: str, seed: int) -> ExperimentConf
 
     Returns:
         A configuration distilling from `<comparison>/teacher.keras` into
-        `<comparison>/runs/<policy>_seed<seed>`, with the policy flags that apply to it.
+        `<comparison>/runs/<policy>_seed<seed>`, with the policy args that apply to it.
     """
-    applicable = set(applicable_policy_flags(policy))
+    applicable = set(applicable_policy_args(policy))
+    own = {k: v for k, v in base.policy_args.items() if k in applicable}
     out = Path(base.output_dir)
     return base.replace(
         teacher=str(out / state.TEACHER_FILE) if not base.teacher_is_file else base.teacher,
         policy=policy,
         seed=seed,
-        policy_args={k: v for k, v in base.policy_args.items() if k in applicable},
+        policy_args=typed_policy_args([policy], own),
         output_dir=str(out / RUNS_DIR / f"{policy}_seed{seed}"),
         analysis=False,
     )
@@ -90,8 +92,8 @@ def check_comparison(
         The `Comparison`.
 
     Raises:
-        UsageError: an unknown policy, a bad seed, a policy flag no listed policy
-            takes, or a policy rejecting its arguments.
+        UsageError: an unknown policy, a bad seed, a policy argument no listed
+            policy takes, or a policy rejecting its arguments.
     """
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
@@ -100,20 +102,20 @@ def check_comparison(
         )
     if any(seed < 0 for seed in seeds):
         raise UsageError("--seeds must be >= 0")
-    policy_flags = set(base.policy_args) | {"fgcr_relations", "fgcr_relation_temperature"}
-    for name in sorted(explicit & policy_flags):
-        if not any(name in applicable_policy_flags(p) for p in policies):
-            raise UsageError(f"--{name} applies to none of --policies={','.join(policies)}")
-    check_config(base.replace(policy_args={}), explicit - policy_flags)
+    for name in base.policy_args:
+        if not any(name in applicable_policy_args(p) for p in policies):
+            raise UsageError(
+                f"--policy_args: {name!r} applies to none of --policies={','.join(policies)}"
+            )
+    check_config(base.replace(policy_args={}), explicit)
     runs = []
     for policy in policies:
         for seed in seeds:
             config = run_config(base, policy, seed)
-            own = {k for k in explicit & policy_flags if k in applicable_policy_flags(policy)}
             if base.teacher_is_file:
-                check_config(config, own)
+                check_config(config, explicit)
             else:  # the teacher file does not exist yet: check the rest
-                check_config(config.replace(teacher=base.teacher), own)
+                check_config(config.replace(teacher=base.teacher), explicit)
             runs.append((policy, seed, config))
     return Comparison(base, tuple(policies), tuple(seeds), tuple(runs))
 

@@ -15,7 +15,12 @@ from typing import Any
 
 from keras_kdcap.models import ALIASES, MODEL_NAMES
 from keras_kdcap.policies.base import TemperaturePolicy
-from keras_kdcap.policies.registry import POLICIES, get_policy
+from keras_kdcap.policies.registry import (
+    POLICIES,
+    convert_argument,
+    get_policy,
+    policy_arguments,
+)
 
 
 class UsageError(Exception):
@@ -61,84 +66,33 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "paper"
 
 
-@dataclasses.dataclass(frozen=True)
-class PolicyFlag:
-    """A command-line flag that sets one constructor argument of a temperature policy.
-
-    Args:
-        name: the flag name.
-        kind: "float", "int", "bool" or "string".
-        help: the flag's help text.
-        argument: the constructor argument it sets (default: `name`).
-        policy: when set, the flag only applies to this policy name.
-    """
-
-    name: str
-    kind: str
-    help: str
-    argument: str | None = None
-    policy: str | None = None
-
-    @property
-    def target(self) -> str:
-        """The constructor argument the flag sets."""
-        return self.argument or self.name
-
-
-#: Flags of the policies' constructor arguments. A flag applies to every policy
-#: whose constructor takes its argument (and only to `policy` when that is set),
-#: so a new policy file gets the matching flags without touching this table.
-POLICY_FLAGS: tuple[PolicyFlag, ...] = (
-    PolicyFlag("temperature", "float", "KD temperature T (kd, fgcr, dkd, ls, sckd)."),
-    PolicyFlag(
-        "target_temperature",
-        "float",
-        "tau1, the target class's temperature (ats; isats: fixed tau1 instead of the ratio rule).",
-    ),
-    PolicyFlag("other_temperature", "float", "tau2, the other classes' temperature (ats)."),
-    PolicyFlag(
-        "student_temperature",
-        "float",
-        "The student's temperature s (ats; isats: None matches tau* per sample).",
-    ),
-    PolicyFlag(
-        "keep_target_first",
-        "bool",
-        "Cap tau1 per sample so the label stays ranked first (ats, isats).",
-    ),
-    PolicyFlag("target_ratio", "float", "tau1 = target_ratio * tau* (isats)."),
-    PolicyFlag("min_temperature", "float", "Lower end of the temperature search (isats, ctkd)."),
-    PolicyFlag("max_temperature", "float", "Upper end of the temperature search (isats, ctkd)."),
-    PolicyFlag("num_candidates", "int", "Size of the log-spaced tau grid (isats)."),
-    PolicyFlag("refine", "bool", "Refine tau* around the best grid point (isats)."),
-    PolicyFlag(
-        "fallback_temperature",
-        "float",
-        "Plain-KD temperature for samples the teacher misclassifies (isats).",
-    ),
-    PolicyFlag(
-        "fgcr_weight", "float", "w, weight of the global class relations (fgcr).", "weight", "fgcr"
-    ),
-    PolicyFlag("dkd_alpha", "float", "Weight of DKD's target-class term (dkd).", "alpha", "dkd"),
-    PolicyFlag("dkd_beta", "float", "Weight of DKD's non-target term (dkd).", "beta", "dkd"),
-    PolicyFlag("warmup_epochs", "int", "Epochs of DKD's linear warm-up (dkd)."),
-    PolicyFlag("initial_temperature", "float", "CTKD's temperature before training (ctkd)."),
-    PolicyFlag("lambda_max", "float", "CTKD's final gradient-reversal strength (ctkd)."),
-    PolicyFlag("curriculum_epochs", "int", "Epochs of CTKD's curriculum (ctkd)."),
-    PolicyFlag(
-        "sckd_weighting",
-        "string",
-        "SCKD's weight of the gradient cosine: binary, clip or affine (sckd).",
-        "weighting",
-        "sckd",
-    ),
-    PolicyFlag("ls_ddof", "int", "Delta degrees of freedom of the logit std (ls).", "ddof", "ls"),
-)
-POLICY_FLAG_NAMES = tuple(flag.name for flag in POLICY_FLAGS)
-
-#: set-up flags of FGCR (not constructor arguments): how `R` is computed.
-FGCR_SETUP_FLAGS = ("fgcr_relations", "fgcr_relation_temperature")
-FGCR_RELATIONS = ("data", "classifier")
+#: Deprecated policy flags (one release): flag -> (absl kind, constructor argument).
+#: Use `--policy_args=<argument>=<value>`; the policies' own constructors define
+#: their arguments, so a new policy needs no entry here.
+LEGACY_POLICY_FLAGS: dict[str, tuple[str, str]] = {
+    "temperature": ("float", "temperature"),
+    "target_temperature": ("float", "target_temperature"),
+    "other_temperature": ("float", "other_temperature"),
+    "student_temperature": ("float", "student_temperature"),
+    "keep_target_first": ("bool", "keep_target_first"),
+    "target_ratio": ("float", "target_ratio"),
+    "min_temperature": ("float", "min_temperature"),
+    "max_temperature": ("float", "max_temperature"),
+    "num_candidates": ("int", "num_candidates"),
+    "refine": ("bool", "refine"),
+    "fallback_temperature": ("float", "fallback_temperature"),
+    "fgcr_weight": ("float", "weight"),
+    "fgcr_relations": ("string", "relation_source"),
+    "fgcr_relation_temperature": ("float", "relation_temperature"),
+    "dkd_alpha": ("float", "tckd_weight"),
+    "dkd_beta": ("float", "nckd_weight"),
+    "warmup_epochs": ("int", "warmup_epochs"),
+    "initial_temperature": ("float", "initial_temperature"),
+    "lambda_max": ("float", "lambda_max"),
+    "curriculum_epochs": ("int", "curriculum_epochs"),
+    "sckd_weighting": ("string", "weighting"),
+    "ls_ddof": ("int", "ddof"),
+}
 
 #: configuration fields that do not change what is trained (left out of fingerprints).
 _NOT_TRAINING = frozenset(
@@ -176,10 +130,9 @@ class ExperimentConfig:
         teacher: a zoo model name (trained first) or the path of a `.keras` teacher.
         student: a zoo model name.
         policy: a `get_policy` name.
-        policy_args: the explicitly set policy flags, flag name -> value.
+        policy_args: constructor arguments of the policy and its base (each goes to
+            those that take it), argument name -> value (`--policy_args`).
         base_policy: the base policy of `ls`/`sckd`, or None.
-        fgcr_relations: "data" (`FGCR.adapt` on the training set) or "classifier".
-        fgcr_relation_temperature: temperature of the classifier-relation softmax.
         alpha: weight of the student's cross-entropy.
         beta: weight of the KD term.
         temperature_scaling: multiply the KD term by `s^2`.
@@ -210,8 +163,6 @@ class ExperimentConfig:
     policy: str = "isats"
     policy_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     base_policy: str | None = None
-    fgcr_relations: str = "data"
-    fgcr_relation_temperature: float = 0.25
     alpha: float = 0.1
     beta: float = 0.9
     temperature_scaling: bool = True
@@ -310,48 +261,66 @@ def check_model_name(flag: str, name: str) -> str:
     )
 
 
-def _accepts(policy_name: str, argument: str) -> bool:
-    cls = POLICIES[policy_name]
-    return argument in inspect.signature(cls.__init__).parameters
+def takes_base_policy(policy_name: str) -> bool:
+    """Whether a policy wraps another one (its constructor takes `base_policy`)."""
+    return "base_policy" in inspect.signature(POLICIES[policy_name].__init__).parameters
 
 
-def applicable_policy_flags(policy_name: str) -> tuple[str, ...]:
-    """The policy flags a policy takes.
+def applicable_policy_args(policy_name: str) -> tuple[str, ...]:
+    """The `--policy_args` a policy takes: its constructor's arguments.
 
     Args:
         policy_name: a `get_policy` name.
 
     Returns:
-        Flag names, in `POLICY_FLAGS` order.
+        Argument names, in the constructor's order.
     """
-    names = [
-        flag.name
-        for flag in POLICY_FLAGS
-        if flag.policy in (None, policy_name) and _accepts(policy_name, flag.target)
-    ]
-    if policy_name == "fgcr":
-        names.extend(FGCR_SETUP_FLAGS)
-    if _accepts(policy_name, "base_policy"):
-        names.append("base_policy")
-    return tuple(names)
+    return tuple(policy_arguments(POLICIES[policy_name]))
 
 
 def policy_kwargs(policy_name: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor arguments of a policy from the policy flags that apply to it.
+    """Constructor arguments of a policy from the policy args that apply to it.
 
     Args:
         policy_name: a `get_policy` name.
-        values: flag name -> value (flags that do not apply are skipped).
+        values: argument name -> value (text or typed; those it does not take are
+            skipped).
 
     Returns:
-        Keyword arguments for `get_policy(policy_name, ...)`.
+        Keyword arguments for `get_policy(policy_name, ...)`, typed by its constructor.
     """
-    applicable = set(applicable_policy_flags(policy_name))
+    cls = POLICIES[policy_name]
+    applicable = set(applicable_policy_args(policy_name))
     return {
-        flag.target: values[flag.name]
-        for flag in POLICY_FLAGS
-        if flag.name in values and values[flag.name] is not None and flag.name in applicable
+        name: convert_argument(cls, name, value)
+        for name, value in values.items()
+        if name in applicable
     }
+
+
+def typed_policy_args(names: Iterable[str | None], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Policy args typed by the first of `names` whose constructor takes each.
+
+    Args:
+        names: policy names (unknown ones and None are skipped).
+        values: argument name -> value; those no policy takes stay as they are
+            (`check_config` rejects them).
+
+    Returns:
+        Argument name -> typed value.
+
+    Raises:
+        UsageError: a value is not of its argument's type.
+    """
+    known = [name for name in names if name in POLICIES]
+    typed = {}
+    for arg, value in values.items():
+        owner = next((n for n in known if arg in applicable_policy_args(n)), None)
+        try:
+            typed[arg] = value if owner is None else convert_argument(POLICIES[owner], arg, value)
+        except ValueError as err:
+            raise UsageError(f"--policy_args: {one_line(err)}") from None
+    return typed
 
 
 def make_policy(config: ExperimentConfig) -> TemperaturePolicy:
@@ -383,26 +352,24 @@ def one_line(err: BaseException | str) -> str:
     return " ".join(str(err).split())
 
 
-def _check_policy_flags(config: ExperimentConfig, explicit: Iterable[str]) -> None:
-    applicable = set(applicable_policy_flags(config.policy))
-    if config.base_policy:
-        applicable |= set(applicable_policy_flags(config.base_policy))
-    policy = config.policy + (f" (base {config.base_policy})" if config.base_policy else "")
-    for name in explicit:
-        if (name in POLICY_FLAG_NAMES or name in FGCR_SETUP_FLAGS or name == "base_policy") and (
-            name not in applicable
-        ):
-            takes = ", ".join(f"--{n}" for n in sorted(applicable)) or "none"
-            raise UsageError(f"--{name} does not apply to --policy {policy} (its flags: {takes})")
+def _check_policy_args(config: ExperimentConfig) -> None:
+    if config.base_policy and not takes_base_policy(config.policy):
+        wrappers = ", ".join(sorted(n for n in POLICIES if takes_base_policy(n)))
+        raise UsageError(
+            f"--base_policy does not apply to --policy {config.policy} (policies with a base: "
+            f"{wrappers})"
+        )
     if config.base_policy == config.policy:
         raise UsageError(f"--base_policy {config.base_policy} cannot be the policy itself")
-    args = config.policy_args
-    lo = args.get("min_temperature")
-    hi = args.get("max_temperature")
-    if lo is not None and hi is not None and lo >= hi:
-        raise UsageError(
-            f"--min_temperature ({lo:g}) must be smaller than --max_temperature ({hi:g})"
-        )
+    names = [config.policy] + ([config.base_policy] if config.base_policy else [])
+    applicable = {arg for name in names for arg in applicable_policy_args(name)}
+    for arg in config.policy_args:
+        if arg not in applicable:
+            takes = ", ".join(sorted(applicable)) or "none"
+            raise UsageError(
+                f"--policy_args: {'/'.join(names)} takes no argument {arg!r} (its arguments: "
+                f"{takes})"
+            )
 
 
 def check_data_source(config: ExperimentConfig) -> None:
@@ -486,7 +453,7 @@ def check_config(config: ExperimentConfig, explicit: Iterable[str] = ()) -> Temp
         )
     if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
         raise UsageError(f"--output_dir={config.output_dir} exists and is not a folder")
-    _check_policy_flags(config, explicit)
+    _check_policy_args(config)
     policy = make_policy(config)
     check_data_source(config)  # last: it may probe the network for tfds
     return policy

@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_kdcap.experiment import state
 from keras_kdcap.experiment.callbacks import TestAccuracy, tensorboard_callback
-from keras_kdcap.experiment.config import ExperimentConfig, UsageError, make_policy
+from keras_kdcap.experiment.config import ExperimentConfig, UsageError, make_policy, one_line
 from keras_kdcap.experiment.data import NUM_CLASSES, ExperimentData
 from keras_kdcap.experiment.report import read_csv_log
 
@@ -207,7 +207,7 @@ def teacher_statistics(
 
     Non-target distinctness (`keras_kdcap.analysis.non_target_stats`) at a few
     temperatures, and the distribution of the ISATS temperature tau*
-    (`keras_kdcap.ops.isats_temperature`, through `analysis.tau_star_stats`).
+    (`keras_kdcap.policies.isats.isats_temperature`, through `analysis.tau_star_stats`).
 
     Args:
         config: the configuration.
@@ -238,38 +238,26 @@ def teacher_statistics(
     }
 
 
-def _fgcr_policies(policy) -> list:
-    from keras_kdcap.policies import FGCR
-
-    found = [p for p in (policy, getattr(policy, "base_policy", None)) if isinstance(p, FGCR)]
-    return found
-
-
 def prepare_policy(config: ExperimentConfig, teacher: keras.Model, data: ExperimentData) -> Any:
-    """Builds the policy and sets FGCR's class relations (data pass or classifier weights).
+    """Builds the policy and prepares it for the teacher (`policy.prepare`).
 
     Args:
         config: the configuration.
         teacher: the teacher.
-        data: the pipelines.
+        data: the pipelines (the un-augmented training set is what `prepare` sees).
 
     Returns:
         The ready policy.
-    """
-    from keras_kdcap.analysis import classifier_kernel
 
+    Raises:
+        UsageError: the policy cannot be prepared (e.g. FGCR's classifier relations
+            on a teacher without a classifier layer).
+    """
     policy = make_policy(config)
-    for fgcr in _fgcr_policies(policy):
-        if config.fgcr_relations == "classifier":
-            kernel = classifier_kernel(teacher)
-            if kernel is None:
-                raise UsageError(
-                    "--fgcr_relations=classifier needs a teacher with a Dense layer named "
-                    "'classifier' (every zoo model has one); use --fgcr_relations=data"
-                )
-            fgcr.set_classifier_relations(kernel, config.fgcr_relation_temperature)
-        else:
-            fgcr.adapt(teacher, data.train_eval)
+    try:
+        policy.prepare(teacher, data.train_eval)
+    except ValueError as err:
+        raise UsageError(f"--policy {config.policy}: {one_line(err)}") from None
     return policy
 
 
@@ -311,7 +299,6 @@ def student_phase(
         return student, {**record, "source": "reused", "history": read_csv_log(csv_path)}
 
     from keras_kdcap import Distiller
-    from keras_kdcap.baselines.callbacks import PolicyEpochCallback
     from keras_kdcap.models import get_model
     from keras_kdcap.training import apply_weight_decay, crd_schedule
 
@@ -354,7 +341,6 @@ def student_phase(
     # missing from the log (a repeated one is de-duplicated when reading it).
     callbacks = [
         *data.epoch_callbacks(),
-        PolicyEpochCallback(),
         TestAccuracy(student, data.test, verbose=config.verbose > 0),
         keras.callbacks.CSVLogger(str(csv_path), append=True),
         keras.callbacks.BackupAndRestore(str(backup)),
