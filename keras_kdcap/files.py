@@ -84,6 +84,9 @@ def _sync_file(path: Path) -> None:
 
 def _publish(tmp: Path, path: Path) -> None:
     """Flushes `tmp` to disk and renames it over `path` (atomic on POSIX and Windows)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the mode of a plain `open(path, "w")`, not mkstemp's 0600
     _sync_file(tmp)
     os.replace(tmp, path)
     _fsync_folder(path.parent)
@@ -183,8 +186,16 @@ def write_record(path: str | os.PathLike) -> None:
     atomic_write_json(record_path(path), record)
 
 
-def _problem(path: Path) -> str | None:
-    """Why `path` fails verification, or None when it passes."""
+def verification_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` fails verification, or None when it passes.
+
+    Args:
+        path: a file written with a record.
+
+    Returns:
+        A short reason ("it has no record ...", "it has N bytes, ..."), or None.
+    """
+    path = Path(path)
     if not path.is_file():
         return "it does not exist"
     try:
@@ -215,7 +226,7 @@ def verify_file(path: str | os.PathLike) -> bool:
     Returns:
         True when the size and SHA-256 match the record.
     """
-    return _problem(Path(path)) is None
+    return verification_problem(path) is None
 
 
 def check_file(path: str | os.PathLike) -> None:
@@ -228,7 +239,7 @@ def check_file(path: str | os.PathLike) -> None:
         CorruptFileError: the file or its record is missing, or they differ.
     """
     path = Path(path)
-    problem = _problem(path)
+    problem = verification_problem(path)
     if problem is not None:
         raise CorruptFileError(
             f"{path} cannot be trusted: {problem}. Delete it (and {record_path(path).name}) "

@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -381,3 +387,183 @@ def test_train_teacher_writes_verified_files_and_resumes_a_finished_backup(data,
     for mine, theirs, trained in zip(model.weights, saved.weights, killed.weights, strict=True):
         np.testing.assert_array_equal(to_numpy(mine), to_numpy(trained))
         np.testing.assert_array_equal(to_numpy(theirs), to_numpy(trained))
+
+
+# ------------------------------------------------ item 3: the example killed with SIGKILL
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "cifar100_isats.py"
+#: fields of metrics.json that say how the run went, not what it found.
+HOW_IT_RAN = {"time_s", "source", "resumed_from_epoch", "output_dir"}
+
+
+def _example_argv(data_dir: Path, output_dir: Path) -> list[str]:
+    """The smoke preset, shrunk: 2 images per class, 4 batches per epoch."""
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--preset=smoke",
+        f"--data_dir={data_dir}",
+        f"--output_dir={output_dir}",
+        "--teacher=resnet8",
+        "--student=resnet8",
+        "--per_class=2",
+        "--test_per_class=2",
+        "--teacher_epochs=2",
+        "--epochs=3",
+        "--batch_size=50",
+        "--noanalysis",
+        "--nobaseline",
+        "--notensorboard",
+        "--verbose=2",
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _committed_epoch(backup: Path) -> int:
+    try:
+        return int(json.loads((backup / STATE_NAME).read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _run_until_killed(argv: list[str], backup: Path, epochs: int, log: Path) -> None:
+    """Starts the script, SIGKILLs it as soon as `backup` has committed `epochs` epochs."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=_env())
+        try:
+            while _committed_epoch(backup) < epochs:  # the marker: the epoch's commit
+                if process.poll() is not None:
+                    pytest.fail(f"the run ended before the kill:\n{log.read_text()[-3000:]}")
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def _assert_same_results(actual, expected, where: str = "metrics") -> None:
+    """Same keys everywhere, and the same values except `HOW_IT_RAN`."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key, value in expected.items():
+            if key not in HOW_IT_RAN:
+                _assert_same_results(actual[key], value, f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (mine, theirs) in enumerate(zip(actual, expected, strict=True)):
+            _assert_same_results(mine, theirs, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-5, abs=1e-7), where
+    else:
+        assert actual == expected, where
+
+
+@pytest.mark.slow
+def test_example_killed_mid_epoch_twice_ends_as_an_uninterrupted_run(tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the SIGKILL test runs its subprocesses on TensorFlow, once per suite")
+    from conftest import cifar100_dir
+
+    data_dir = cifar100_dir()
+    if not (data_dir / "train.npz").exists():
+        pytest.skip(f"offline CIFAR-100 not found at {data_dir} (set KDCAP_CIFAR100_DIR)")
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    finished = subprocess.run(
+        _example_argv(data_dir, reference), capture_output=True, text=True, env=_env()
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:]
+
+    argv = _example_argv(data_dir, killed)
+    # 1. Killed in the teacher's second epoch: its first is kept in the backup.
+    _run_until_killed(argv, killed / "teacher" / "backup", 1, tmp_path / "run1.log")
+    assert _committed_epoch(killed / "teacher" / "backup") == 1
+    assert not (killed / "teacher.keras").exists()
+    # 2. The teacher resumes at epoch 2; killed in the student's second epoch.
+    _run_until_killed(argv, killed / "backup", 1, tmp_path / "run2.log")
+    run2 = (tmp_path / "run2.log").read_text()
+    assert "teacher: resuming" in run2 and files.verify_file(killed / "teacher.keras")
+    assert _committed_epoch(killed / "backup") == 1 and not (killed / "metrics.json").exists()
+    # 3. The student resumes at epoch 2 and the run ends.
+    last = subprocess.run(argv, capture_output=True, text=True, env=_env())
+    assert last.returncode == 0, last.stdout[-3000:]
+    assert "teacher: reused" in last.stdout and "resuming after epoch 1" in last.stdout
+
+    expected = json.loads((reference / "metrics.json").read_text())
+    actual = json.loads((killed / "metrics.json").read_text())
+    _assert_same_results(actual, expected)
+    assert actual["teacher"]["source"] == "reused" and actual["student"]["source"] == "resumed"
+    assert actual["student"]["resumed_from_epoch"] == 1
+    assert actual["student"]["history"]["epoch"] == [0, 1, 2]
+    assert actual["teacher"]["history"]["epoch"] == [0, 1]
+    assert not (killed / "backup").exists() and not (killed / "teacher" / "backup").exists()
+    for name in ("teacher.keras", "student.keras"):
+        assert files.verify_file(killed / name), name
+
+
+# ------------------------------------- item 4 in the example: damaged outputs are rebuilt
+def _plan_config(tmp_path):
+    from keras_kdcap.experiment.config import ExperimentConfig
+
+    return ExperimentConfig(teacher="resnet8", student="resnet8", output_dir=str(tmp_path))
+
+
+def _write_verified(path: Path, content: bytes = b"a complete model file") -> None:
+    files.atomic_write_bytes(path, content)
+    files.write_record(path)
+
+
+def _record(config, what: str) -> dict:
+    from keras_kdcap.experiment import state
+
+    fingerprint = (
+        config.teacher_fingerprint() if what == "teacher" else config.student_fingerprint()
+    )
+    return {"fingerprint": state.normalise(fingerprint)}
+
+
+def test_damaged_outputs_are_rebuilt_or_refused_never_reused(tmp_path, capsys):
+    from keras_kdcap.experiment import state
+    from keras_kdcap.experiment.config import UsageError
+
+    config = _plan_config(tmp_path)
+    teacher, student = tmp_path / state.TEACHER_FILE, tmp_path / state.STUDENT_FILE
+    state.write_json(tmp_path / state.TEACHER_RECORD, _record(config, "teacher"))
+    state.write_json(tmp_path / state.STUDENT_RECORD, _record(config, "student"))
+    _write_verified(teacher)
+    _write_verified(student)
+    assert state.plan_run(config) == state.RunPlan(teacher="reuse", student="reuse")
+
+    teacher.write_bytes(b"a complete")  # truncated since it was written
+    assert state.plan_teacher(config) == "train"
+    assert f"warning: {teacher} is rebuilt: it has 10 bytes" in capsys.readouterr().err
+    # An interrupted teacher training of the same settings: resumed.
+    work = tmp_path / state.TEACHER_WORK_DIR
+    state.write_json(work / state.RUN_RECORD, _record(config, "teacher"))
+    state.write_json(work / state.BACKUP_DIR / STATE_NAME, {"epoch": 1, "weights": "x"})
+    assert state.plan_teacher(config) == "resume"
+    # Killed after the training ended, before teacher.keras was published: resumed too.
+    shutil.rmtree(work / state.BACKUP_DIR)
+    _write_verified(work / state.FINAL_NAME)
+    teacher.unlink()
+    assert state.plan_teacher(config) == "resume"
+
+    # The student: damaged, with its backup there -> resumed (no epoch lost).
+    student.write_bytes(b"a complete model filE")
+    state.write_json(tmp_path / state.BACKUP_DIR / state.RUN_RECORD, _record(config, "student"))
+    assert state.plan_student(config) == "resume"
+    assert f"{student} is rebuilt: its SHA-256 differs" in capsys.readouterr().err
+
+    # No record and nothing to rebuild it from (an older version's file): refused.
+    shutil.rmtree(tmp_path / state.BACKUP_DIR)
+    files.record_path(student).unlink()
+    with pytest.raises(UsageError, match=f"{student.name} that cannot be verified.*delete it"):
+        state.plan_student(config)
+    files.remove_verified(work / state.FINAL_NAME)
+    files.atomic_write_bytes(teacher, b"an older version's teacher")
+    files.record_path(teacher).unlink()
+    with pytest.raises(UsageError, match=rf"--teacher={teacher} to use it as it is"):
+        state.plan_teacher(config)

@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_kdcap import files
 from keras_kdcap.experiment import state
 from keras_kdcap.experiment.callbacks import TestAccuracy, tensorboard_callback
 from keras_kdcap.experiment.config import ExperimentConfig, UsageError, make_policy, one_line
@@ -50,6 +51,8 @@ def accuracy(model: keras.Model, dataset: Any) -> tuple[float, Any]:
 
 def _load_teacher(path: str | os.PathLike) -> keras.Model:
     try:
+        if files.record_path(path).exists():  # written by a run: checked against its record
+            files.check_file(path)
         model = keras.saving.load_model(path, compile=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file is a usage error here
         message = " ".join(str(err).split())[:300]
@@ -87,19 +90,20 @@ def teacher_phase(
     if plan == "load":
         log(f"[2/5] teacher: loaded {config.teacher}")
         teacher = _load_teacher(config.teacher)
-        if not (saved.exists() and saved.samefile(config.teacher)):
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(config.teacher, saved)
         record = {
             "model": teacher.name,
             "file": str(Path(config.teacher).resolve()),
             "fingerprint": fingerprint,
         }
-        state.write_json(out / state.TEACHER_RECORD, record)
+        state.write_json(out / state.TEACHER_RECORD, record)  # the record first, the model last
+        if not (saved.exists() and saved.samefile(config.teacher)):
+            files.atomic_copy(config.teacher, saved)
+            files.write_record(saved)
+        elif not files.record_path(saved).exists():
+            files.write_record(saved)  # the user's file, loaded as given
         return teacher, {**record, "source": "loaded"}
 
     from keras_kdcap.models import get_model
-    from keras_kdcap.training import train_teacher
 
     lr = _resolve_lr(config, config.teacher)
     work = out / state.TEACHER_WORK_DIR
@@ -125,24 +129,12 @@ def teacher_phase(
         else None
     )
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        # fit's default shuffle=True is meaningless for tf.data (ours shuffles itself).
-        warnings.filterwarnings("ignore", message=r".*shuffle=True.*", category=UserWarning)
-        teacher, history = train_teacher(
-            teacher,
-            data.train,
-            config.teacher_epochs,
-            val_ds=data.test,
-            lr=lr,
-            weight_decay=config.weight_decay,
-            regt=regt,
-            checkpoint_dir=work,
-            resume=True,
-            callbacks=callbacks,
-            verbose=config.verbose,
-        )
+    finished = work / state.FINAL_NAME
+    if files.verify_file(finished):  # trained to the end, then killed before it was published
+        teacher, history = files.load_model_verified(finished, compile=False), {}
+    else:
+        teacher, history = _train_teacher(config, teacher, data, lr, regt, work, callbacks)
     elapsed = time.perf_counter() - start
-    os.replace(work / "teacher.keras", saved)
     record = {
         "model": config.teacher,
         "epochs": config.teacher_epochs,
@@ -153,8 +145,40 @@ def teacher_phase(
         "tensorboard": tensorboard_status(config, board),
         "fingerprint": fingerprint,
     }
-    state.write_json(out / state.TEACHER_RECORD, record)
+    state.write_json(out / state.TEACHER_RECORD, record)  # the record first, the model last
+    files.save_model_verified(teacher, saved)
+    files.remove_verified(finished)
     return teacher, {**record, "source": "resumed" if plan == "resume" else "trained"}
+
+
+def _train_teacher(
+    config: ExperimentConfig,
+    teacher: keras.Model,
+    data: ExperimentData,
+    lr: float,
+    regt: dict | None,
+    work: Path,
+    callbacks: list,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """`train_teacher` with the run's settings, checkpointed and resumable in `work`."""
+    from keras_kdcap.training import train_teacher
+
+    with warnings.catch_warnings():
+        # fit's default shuffle=True is meaningless for tf.data (ours shuffles itself).
+        warnings.filterwarnings("ignore", message=r".*shuffle=True.*", category=UserWarning)
+        return train_teacher(
+            teacher,
+            data.teacher_batches,
+            config.teacher_epochs,
+            val_ds=data.test,
+            lr=lr,
+            weight_decay=config.weight_decay,
+            regt=regt,
+            checkpoint_dir=work,
+            resume=True,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
 
 
 def tensorboard_status(config: ExperimentConfig, board: Any) -> str:
@@ -261,11 +285,6 @@ def prepare_policy(config: ExperimentConfig, teacher: keras.Model, data: Experim
     return policy
 
 
-def _backup_epoch(backup: Path) -> int:
-    meta = state.read_json(backup / "training_metadata.json")
-    return int(meta["epoch"]) if isinstance(meta, dict) and "epoch" in meta else 0
-
-
 def student_phase(
     config: ExperimentConfig,
     plan: str,
@@ -295,16 +314,17 @@ def student_phase(
     if plan == "reuse":
         log(f"[4/5] student: reused {saved} (trained earlier with the same settings)")
         record = state.read_json(out / state.STUDENT_RECORD)
-        student = keras.saving.load_model(saved, compile=False)
+        student = files.load_model_verified(saved, compile=False)
         return student, {**record, "source": "reused", "history": read_csv_log(csv_path)}
 
     from keras_kdcap import Distiller
     from keras_kdcap.models import get_model
     from keras_kdcap.training import apply_weight_decay, crd_schedule
+    from keras_kdcap.training.backup import VerifiedBackupAndRestore, backup_epoch
 
     resumed_from = 0
     if plan == "resume":
-        resumed_from = _backup_epoch(backup)
+        resumed_from = backup_epoch(backup)
     else:
         for path in (backup, out / "tensorboard" / "student"):
             shutil.rmtree(path, ignore_errors=True)
@@ -336,14 +356,13 @@ def student_phase(
         temperature_scaling=config.temperature_scaling,
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
-    distiller(np.zeros((1, 32, 32, 3), dtype="float32"))  # BackupAndRestore needs it built
     # Order matters: the CSV row is written before the backup, so an epoch is never
     # missing from the log (a repeated one is de-duplicated when reading it).
     callbacks = [
         *data.epoch_callbacks(),
         TestAccuracy(student, data.test, verbose=config.verbose > 0),
         keras.callbacks.CSVLogger(str(csv_path), append=True),
-        keras.callbacks.BackupAndRestore(str(backup)),
+        VerifiedBackupAndRestore(backup),  # kept until student.keras is saved
     ]
     board = tensorboard_callback(out / "tensorboard" / "student") if config.tensorboard else None
     callbacks += [board] if board is not None else []
@@ -352,7 +371,6 @@ def student_phase(
         data.train, epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=config.verbose
     )
     elapsed = time.perf_counter() - start
-    student.save(saved)
     record = {
         "model": config.student,
         "policy": policy_name,
@@ -364,6 +382,8 @@ def student_phase(
         "tensorboard": tensorboard_status(config, board),
         "fingerprint": fingerprint,
     }
-    state.write_json(out / state.STUDENT_RECORD, record)
+    state.write_json(out / state.STUDENT_RECORD, record)  # the record first, the model last
+    files.save_model_verified(student, saved)
+    shutil.rmtree(backup, ignore_errors=True)
     source = "resumed" if plan == "resume" else "trained"
     return student, {**record, "source": source, "history": read_csv_log(csv_path)}

@@ -5,6 +5,13 @@ with (its fingerprint, see `ExperimentConfig`). A rerun with the same settings
 reuses a finished teacher or student and resumes an interrupted one; a rerun
 with other settings stops with a `UsageError` instead of mixing two runs,
 unless `--restart` is given.
+
+A run may be killed at any point (SIGKILL included). Every file is written
+atomically (`keras_kdcap.files`); a phase writes its JSON record first, then its
+model with a size and SHA-256 record, and removes its backup last. A model that
+does not match its record is rebuilt (resumed from its backup when there is
+one), with a warning naming it; one with no record and nothing to resume from
+(an older version's) is refused with a `UsageError` instead of overwritten.
 """
 
 from __future__ import annotations
@@ -13,14 +20,17 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from keras_kdcap import files
 from keras_kdcap.experiment.config import ExperimentConfig, UsageError
 
 TEACHER_FILE = "teacher.keras"
 TEACHER_RECORD = "teacher.json"
 TEACHER_WORK_DIR = "teacher"  # train_teacher's checkpoint_dir: history.csv and backup/
+FINAL_NAME = "teacher.keras"  # what train_teacher saves in its checkpoint_dir at the end
 STUDENT_FILE = "student.keras"
 STUDENT_RECORD = "student.json"
 BACKUP_DIR = "backup"  # the student's keras.callbacks.BackupAndRestore folder
@@ -31,9 +41,11 @@ METRICS_FILE = "metrics.json"
 #: everything a run writes, removed by `--restart`.
 OUTPUTS = (
     TEACHER_FILE,
+    TEACHER_FILE + files.RECORD_SUFFIX,
     TEACHER_RECORD,
     TEACHER_WORK_DIR,
     STUDENT_FILE,
+    STUDENT_FILE + files.RECORD_SUFFIX,
     STUDENT_RECORD,
     BACKUP_DIR,
     STUDENT_LOG,
@@ -67,14 +79,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Writes JSON atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes JSON atomically (a temporary file flushed to disk, then a rename)."""
+    files.atomic_write_json(path, value, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
@@ -113,6 +119,40 @@ def _mismatch(config: ExperimentConfig, what: str, old: Any, new: Any) -> UsageE
     )
 
 
+def _has_backup(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _reusable(config: ExperimentConfig, path: Path, what: str, rebuildable: bool) -> bool:
+    """Whether the model a run published at `path` is there and matches its record.
+
+    Args:
+        config: the configuration.
+        path: `teacher.keras` or `student.keras`.
+        what: "teacher" or "student", for messages.
+        rebuildable: a backup (or the source file) can rebuild it.
+
+    Returns:
+        True to reuse it; False to rebuild it (a damaged one with a warning).
+
+    Raises:
+        UsageError: it has no record and nothing can rebuild it.
+    """
+    problem = files.verification_problem(path)
+    if problem is None:
+        return True
+    if not path.exists():
+        return False
+    if not files.record_path(path).exists() and not rebuildable:
+        use = f"pass --teacher={path} to use it as it is, or " if what == "teacher" else ""
+        raise UsageError(
+            f"--output_dir={config.output_dir} holds a {what} {path.name} that cannot be "
+            f"verified ({problem}): {use}delete it to train the {what} again"
+        )
+    print(f"warning: {path} is rebuilt: {problem}", file=sys.stderr, flush=True)
+    return False
+
+
 def plan_teacher(config: ExperimentConfig) -> str:
     """Decides the teacher phase (see `RunPlan`).
 
@@ -131,19 +171,22 @@ def plan_teacher(config: ExperimentConfig) -> str:
     if config.teacher_is_file and saved.exists() and saved.samefile(config.teacher):
         return "load"
     record = read_json(out / TEACHER_RECORD)
-    if saved.exists() or record is not None:
-        if saved.exists() and _fingerprint_of(record) == fingerprint:
-            return "reuse"
+    if (saved.exists() and record is None) or (
+        record is not None and _fingerprint_of(record) != fingerprint
+    ):
         raise _mismatch(config, "teacher", _fingerprint_of(record), fingerprint)
+    work = out / TEACHER_WORK_DIR
+    # train_teacher's finished teacher.keras or its epoch backups, of these settings
+    started = _has_backup(work / BACKUP_DIR) or files.verify_file(work / FINAL_NAME)
+    if started:
+        old = _fingerprint_of(read_json(work / RUN_RECORD))
+        if old != fingerprint:
+            raise _mismatch(config, "teacher", old, fingerprint)
+    if saved.exists() and _reusable(config, saved, "teacher", started or config.teacher_is_file):
+        return "reuse"
     if config.teacher_is_file:
         return "load"
-    backup = out / TEACHER_WORK_DIR / BACKUP_DIR
-    if backup.is_dir() and any(backup.iterdir()):
-        old = _fingerprint_of(read_json(out / TEACHER_WORK_DIR / RUN_RECORD))
-        if old == fingerprint:
-            return "resume"
-        raise _mismatch(config, "teacher", old, fingerprint)
-    return "train"
+    return "resume" if started else "train"
 
 
 def plan_student(config: ExperimentConfig) -> str:
@@ -160,18 +203,21 @@ def plan_student(config: ExperimentConfig) -> str:
     """
     out = Path(config.output_dir)
     fingerprint = normalise(config.student_fingerprint())
+    saved = out / STUDENT_FILE
     record = read_json(out / STUDENT_RECORD)
-    if (out / STUDENT_FILE).exists() or record is not None:
-        if (out / STUDENT_FILE).exists() and _fingerprint_of(record) == fingerprint:
-            return "reuse"
+    if (saved.exists() and record is None) or (
+        record is not None and _fingerprint_of(record) != fingerprint
+    ):
         raise _mismatch(config, "student", _fingerprint_of(record), fingerprint)
     backup = out / BACKUP_DIR
-    if backup.is_dir() and any(backup.iterdir()):
+    started = _has_backup(backup)
+    if started:
         old = _fingerprint_of(read_json(backup / RUN_RECORD))
-        if old == fingerprint:
-            return "resume"
-        raise _mismatch(config, "student", old, fingerprint)
-    return "train"
+        if old != fingerprint:
+            raise _mismatch(config, "student", old, fingerprint)
+    if saved.exists() and _reusable(config, saved, "student", started):
+        return "reuse"
+    return "resume" if started else "train"
 
 
 def plan_run(config: ExperimentConfig) -> RunPlan:
@@ -202,7 +248,7 @@ def clear_outputs(output_dir: str | os.PathLike, keep_teacher: bool = False) -> 
     """
     out = Path(output_dir)
     for name in OUTPUTS:
-        if keep_teacher and name == TEACHER_FILE:
+        if keep_teacher and name in (TEACHER_FILE, TEACHER_FILE + files.RECORD_SUFFIX):
             continue
         path = out / name
         if path.is_dir():
