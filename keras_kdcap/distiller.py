@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import keras
 from keras import ops
 
+from keras_kdcap import labels as kd_labels
 from keras_kdcap import ops as kd_ops
+from keras_kdcap import outputs as kd_outputs
+from keras_kdcap.batches import has_labels, peek
 from keras_kdcap.guards import InputGuard, TeacherSnapshot, check_fit_data
 from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.policies.fixed import FixedTemperature
@@ -23,6 +29,8 @@ except ImportError:  # pragma: no cover - older or newer Keras layouts
 BASE_METRICS = ("ce_loss", "kd_loss", "target_first")
 #: per-epoch counts of samples with bad labels or teacher logits (must stay 0).
 GUARD_METRICS = ("invalid_labels", "nonfinite_teacher")
+#: with `alpha == 0`: fraction of samples whose label is the teacher's top class.
+PSEUDO_LABELS = "pseudo_labels"
 
 
 #: keys of a batch dict holding precomputed teacher logits (see keras_kdcap.cache).
@@ -101,6 +109,33 @@ def _input_shape(model):
         return None
 
 
+def _validation_labelled(data):
+    """`(labelled, data)` for `validation_data`; `labelled` is None when unknown."""
+    if isinstance(data, tuple):
+        return len(data) >= 2 and data[1] is not None, data
+    labelled = has_labels(data)
+    if labelled is None:
+        first, data = peek(data)
+        labelled = None if first is None else first[1] is not None
+    return labelled, data
+
+
+@contextlib.contextmanager
+def _inference_scope(distiller):
+    """No gradient tape on torch; the model's distribution strategy on TensorFlow."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        with torch.no_grad():
+            yield
+    elif backend == "tensorflow":
+        with distiller.distribute_strategy.scope():
+            yield
+    else:
+        yield
+
+
 def _output_classes(model) -> int | None:
     try:
         shape = model.output_shape
@@ -121,9 +156,24 @@ class Distiller(keras.Model):
     `fit`. `call`, `predict` and the compiled metrics are the student's;
     `distiller.student` is the model to export.
 
+    Both models must give one `[B, C]` tensor: a backbone (feature maps), a
+    dict or a tuple of outputs is refused, naming the model. Their outputs
+    are checked on the first batch of `fit`/`evaluate`: rows that are
+    non-negative and sum to 1 (a final softmax) are refused unless declared.
+
     Args:
         teacher: a trained Keras model giving `[B, C]` logits.
-        student: the Keras model to train, giving `[B, C]` logits.
+        student: the Keras model to train, giving `[B, C]` logits (a
+            softmax student is refused: train it without, add it back for
+            export).
+        teacher_outputs: "logits" (default) or "probabilities": a teacher
+            ending in a softmax; its outputs `p` are converted with `log p`,
+            the logits up to a constant per row, so every softmax of them at
+            any temperature is exact (ATS and ISATS, whose asymmetric
+            temperatures depend on the logits' offset, see log-probabilities,
+            all <= 0). A probability of exactly 0 (an underflowed softmax)
+            has no finite logit: it is refused on the first batch, and a
+            later batch that brings one stops `fit` like NaN logits do.
         name: model name.
 
     Example:
@@ -136,6 +186,7 @@ class Distiller(keras.Model):
         self,
         teacher: keras.Model,
         student: keras.Model,
+        teacher_outputs: str = "logits",
         name: str = "distiller",
         **kwargs,
     ):
@@ -145,6 +196,10 @@ class Distiller(keras.Model):
                 raise TypeError(f"`{arg}` must be a Keras model; got {type(model).__name__}.")
         if teacher is student:
             raise ValueError("`teacher` and `student` must be different models.")
+        self.teacher_outputs = kd_outputs.check_output_kind("teacher_outputs", teacher_outputs)
+        kd_outputs.check_model("teacher", teacher)
+        kd_outputs.check_model("student", student)
+        self._outputs_checked = False
         teacher_classes, student_classes = _output_classes(teacher), _output_classes(student)
         if None not in (teacher_classes, student_classes) and teacher_classes != student_classes:
             raise ValueError(
@@ -202,6 +257,8 @@ class Distiller(keras.Model):
         self.temperature_scaling = bool(temperature_scaling)
         self._set_tracked("policy", policy)
         names = BASE_METRICS + tuple(policy.metric_names) + GUARD_METRICS
+        if self.alpha == 0:
+            names += (PSEUDO_LABELS,)
         trackers = {
             metric: (keras.metrics.Sum if metric in GUARD_METRICS else keras.metrics.Mean)(
                 name=metric
@@ -253,6 +310,7 @@ class Distiller(keras.Model):
             "name": self.name,
             "teacher": keras.saving.serialize_keras_object(self.teacher),
             "student": keras.saving.serialize_keras_object(self.student),
+            "teacher_outputs": self.teacher_outputs,
         }
 
     @classmethod
@@ -288,14 +346,15 @@ class Distiller(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """`alpha * CE(y, student) + beta * KD(policy)`, reduced like Keras.
 
-        Samples with labels outside `[0, C)` or non-finite teacher logits
-        contribute nothing and are counted in `invalid_labels` /
-        `nonfinite_teacher`; `fit` then stops with an error naming them.
+        Labels are read by `keras_kdcap.labels`: class indices, one-hot or
+        soft `[B, C]` rows (a soft cross-entropy), or none when `alpha == 0`
+        (the teacher's top class stands in). Samples with invalid labels or
+        non-finite teacher logits contribute nothing and are counted in
+        `invalid_labels` / `nonfinite_teacher`; `fit` then stops with an
+        error naming them.
         """
-        if y is None:
-            raise ValueError(
-                "The Distiller needs labels: pass `y` to fit/evaluate or a dataset of (x, y) pairs."
-            )
+        if y is None and self.alpha > 0:
+            raise ValueError(kd_labels.missing_labels_message(self.alpha))
         if self.policy is None:
             raise ValueError("Call `distiller.compile(...)` before fit/evaluate.")
         student_logits = kd_ops.as_float32(y_pred)
@@ -303,7 +362,9 @@ class Distiller(keras.Model):
         x, cached_logits = split_cached(x)
         if cached_logits is None:
             cached_logits = self.teacher(x, training=False)
-        teacher_logits = ops.stop_gradient(kd_ops.as_float32(cached_logits))
+        teacher_logits = ops.stop_gradient(
+            kd_outputs.as_logits(cached_logits, self.teacher_outputs)
+        )
         if teacher_logits.shape[-1] != num_classes:
             raise ValueError(
                 f"`teacher` gives {teacher_logits.shape[-1]} classes but `student` gives "
@@ -314,13 +375,15 @@ class Distiller(keras.Model):
                 f"The student gives {num_classes} class(es): distillation needs C >= 2 "
                 "(a softmax over one class carries no knowledge)."
             )
-        labels = kd_ops.sparse_labels(y, num_classes)
-
-        labels_ok = ops.logical_and(labels >= 0, labels < num_classes)
         teacher_ok = ops.all(ops.isfinite(teacher_logits), axis=-1)
-        valid = ops.cast(ops.logical_and(labels_ok, teacher_ok), "float32")
-        labels = ops.clip(labels, 0, num_classes - 1)
         teacher_logits = ops.where(ops.isfinite(teacher_logits), teacher_logits, 0.0)
+        if y is None:
+            read = kd_labels.teacher_labels(teacher_logits)
+        else:
+            read = kd_labels.read_labels(y, num_classes)
+        labels_ok = read.valid
+        valid = ops.cast(ops.logical_and(labels_ok, teacher_ok), "float32")
+        labels = read.classes
 
         weights = valid
         if sample_weight is not None:
@@ -328,7 +391,7 @@ class Distiller(keras.Model):
             weights = weights * ops.reshape(sample_weight, (-1,))
         batch_size = ops.cast(ops.shape(student_logits)[0], "float32")
 
-        ce = ops.sparse_categorical_crossentropy(labels, student_logits, from_logits=True)
+        ce = kd_labels.cross_entropy(read, student_logits)
         kd, probs, stats = self.policy.kd_loss(
             teacher_logits, student_logits, labels, self.temperature_scaling
         )
@@ -347,6 +410,8 @@ class Distiller(keras.Model):
         for metric in self.policy.metric_names:
             trackers[metric].update_state(stats[metric])
         trackers["invalid_labels"].update_state(1.0 - ops.cast(labels_ok, "float32"))
+        if PSEUDO_LABELS in trackers:
+            trackers[PSEUDO_LABELS].update_state(ops.ones_like(ce) * (1.0 if y is None else 0.0))
         trackers["nonfinite_teacher"].update_state(1.0 - ops.cast(teacher_ok, "float32"))
         return scale_loss_for_distribution(total)
 
@@ -388,6 +453,7 @@ class Distiller(keras.Model):
         """
         self._check_compiled(callbacks)
         check_fit_data(x, y, _output_classes(self.student), argument="x")
+        x = self._check_inputs(x, y, args, kwargs)
         with TeacherSnapshot(self):
             return super().fit(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
 
@@ -398,8 +464,84 @@ class Distiller(keras.Model):
             return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
         self._check_compiled()
         check_fit_data(x, y, _output_classes(self.student), argument="x")
+        x = self._check_inputs(x, y, args, kwargs)
         with TeacherSnapshot(self):
             return super().evaluate(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
+
+    # ------------------------------------------------------- inputs, outputs
+    def _check_inputs(self, x, y, args: tuple, kwargs: dict):
+        """Labels and the models' outputs, checked before Keras's own set-up.
+
+        Reads the first batch (once per Distiller for the outputs; for the
+        labels only where the data's structure does not tell). Returns the
+        `x` to pass on: a generator is replaced by one that yields the batch
+        read here first. Updates `kwargs["validation_data"]` the same way.
+        """
+        labelled = has_labels(x, y)
+        first = None
+        if labelled is None or not self._outputs_checked:
+            batch_size = kwargs.get("batch_size", args[0] if args else None)
+            first, x = peek(x, y, kwargs.get("sample_weight"), batch_size)
+            if labelled is None and first is not None:
+                labelled = first[1] is not None
+        if labelled is False and self.alpha > 0:
+            raise ValueError(kd_labels.missing_labels_message(self.alpha))
+        if labelled is False and getattr(self, "_compile_metrics", None) is not None:
+            warnings.warn(
+                "The data has no labels: the compiled `metrics=` (e.g. accuracy) are not "
+                "computed on it, only on labelled data such as `validation_data`.",
+                stacklevel=3,
+            )
+        if kwargs.get("validation_data") is not None and self.alpha > 0:
+            labelled, kwargs["validation_data"] = _validation_labelled(kwargs["validation_data"])
+            if labelled is False:
+                raise ValueError(kd_labels.missing_labels_message(self.alpha, "validation_data"))
+        if first is not None and not self._outputs_checked:
+            self._check_outputs(first[0])
+        return x
+
+    def _check_outputs(self, inputs) -> None:
+        """Runs both models on one batch (inference mode) and checks their outputs."""
+        inputs, cached = split_cached(inputs)
+        with _inference_scope(self):
+            teacher = self.teacher(inputs, training=False) if cached is None else cached
+            student = self.student(inputs, training=False)
+        kd_outputs.check_values("teacher", self.teacher, teacher, self.teacher_outputs)
+        kd_outputs.check_values("student", self.student, student)
+        if teacher.shape[-1] != student.shape[-1]:
+            raise ValueError(
+                f"`teacher` gives {teacher.shape[-1]} classes but `student` gives "
+                f"{student.shape[-1]}: both must predict the same classes."
+            )
+        self._outputs_checked = True
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Keras's metrics; the compiled ones (`metrics=`) skip batches without labels.
+
+        Unlabelled data (`alpha == 0`) has no label to score the student
+        against: `accuracy` and the like are left out of the logs of such
+        batches and reported only for labelled (e.g. validation) data.
+        """
+        if y is not None:
+            return super().compute_metrics(x, y, y_pred, sample_weight)
+        return self._metrics_result(with_compiled=False)
+
+    def get_metrics_result(self):
+        compiled = getattr(self, "_compile_metrics", None)
+        return self._metrics_result(with_compiled=compiled is None or compiled.built)
+
+    def _metrics_result(self, with_compiled: bool) -> dict:
+        compiled = getattr(self, "_compile_metrics", None)
+        results = {}
+        for metric in self.metrics:
+            if metric is compiled and not with_compiled:
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
 
     def _check_compiled(self, callbacks=None) -> None:
         if not self.compiled or self.policy is None:

@@ -53,8 +53,7 @@ def check_fit_data(x, y, num_classes: int | None, argument: str = "x") -> None:
     if num_classes is None:
         return
     if labels.ndim == 2 and labels.shape[1] == num_classes and num_classes > 1:
-        if not np.all(np.isfinite(labels)):
-            raise ValueError("`y` (one-hot labels) contains NaN or inf.")
+        _check_label_rows(labels)
         return
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
@@ -71,6 +70,22 @@ def check_fit_data(x, y, num_classes: int | None, argument: str = "x") -> None:
             f"`y` has labels outside [0, {num_classes}): e.g. {labels[bad][:5].tolist()} "
             f"({int(bad.sum())} of {labels.size}). Labels must be class indices of the "
             "teacher's and student's outputs."
+        )
+
+
+def _check_label_rows(labels: np.ndarray) -> None:
+    """Raises unless every `[N, C]` label row is a probability vector (one-hot or soft)."""
+    if not np.all(np.isfinite(labels)):
+        raise ValueError("`y` ([N, C] label rows) contains NaN or inf.")
+    tolerance = 1e-2 if labels.dtype == np.float16 else 1e-3
+    sums = labels.sum(axis=1, dtype=np.float64)
+    bad = np.flatnonzero(np.any(labels < 0, axis=1) | (np.abs(sums - 1.0) > tolerance))
+    if bad.size:
+        raise ValueError(
+            f"`y` has [N, C] label rows that are not probability vectors: e.g. row {bad[0]} "
+            f"(sum {sums[bad[0]]:.4g}, smallest entry {labels[bad[0]].min():.4g}; {bad.size} of "
+            f"{len(labels)} rows). Rows must be non-negative and sum to 1: one-hot labels, or "
+            "soft labels such as MixUp's."
         )
 
 
@@ -94,10 +109,19 @@ class InputGuard(keras.callbacks.Callback):
         invalid = float(logs.get("invalid_labels", 0.0))
         if invalid > 0:
             raise ValueError(
-                f"{int(invalid)} sample(s) have labels outside [0, C) (C = the teacher's and "
-                "student's class count): fix the labels of the dataset passed as `x`/`y`."
+                f"{int(invalid)} sample(s) have invalid labels: labels outside [0, C) (C = the "
+                "teacher's and student's class count), or [B, C] label rows that are not "
+                "probability vectors (a negative or NaN/inf entry, or a sum other than 1): fix "
+                "the labels of the dataset passed as `x`/`y`."
             )
         nonfinite = float(logs.get("nonfinite_teacher", 0.0))
+        if nonfinite > 0 and getattr(self.model, "teacher_outputs", "logits") == "probabilities":
+            raise ValueError(
+                f"The teacher gave a probability of exactly 0 (or NaN/inf) for {int(nonfinite)} "
+                'sample(s): with `teacher_outputs="probabilities"` its log is -inf and the '
+                "logit is lost. Remove the teacher's final softmax (`activation=None` in the last "
+                "layer) and drop `teacher_outputs`."
+            )
         if nonfinite > 0:
             raise ValueError(
                 f"The teacher gave NaN or inf logits for {int(nonfinite)} sample(s): check "

@@ -39,10 +39,14 @@ def _per_sample(temperature, batch_rank: int):
 
 
 def sparse_labels(labels, num_classes: int):
-    """Turns `[B]`, `[B, 1]` or one-hot `[B, C]` labels into int32 `[B]`.
+    """Turns `[B]`, `[B, 1]` or `[B, C]` labels into int32 `[B]` target classes.
+
+    A `[B, C]` row (one-hot, or soft as from MixUp) gives its arg-max, the
+    first one on a tie; `keras_kdcap.labels` keeps the whole row for the
+    cross-entropy.
 
     Args:
-        labels: integer class indices or one-hot rows.
+        labels: integer class indices or one-hot or soft rows.
         num_classes: the class count C, used to recognise one-hot labels.
 
     Returns:

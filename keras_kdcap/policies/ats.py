@@ -18,6 +18,9 @@ class ATS(TemperaturePolicy):
     temperature 1 (pair with `alpha=beta=0.5` and `temperature_scaling=False`
     in `Distiller.compile` to reproduce it exactly).
 
+    The target class is the label, the arg-max of a soft label row (MixUp,
+    CutMix), or without labels (`alpha=0`) the teacher's top class.
+
     Args:
         target_temperature: `tau1`, > 0.
         other_temperature: `tau2`, > 0.

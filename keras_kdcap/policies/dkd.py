@@ -78,6 +78,9 @@ class DKD(TemperaturePolicy):
     `Distiller.compile(alpha=1.0, beta=1.0, policy=DKD())`.
     docs/policies/dkd.md has the formulas.
 
+    The target class is the label, the arg-max of a soft label row (MixUp,
+    CutMix), or without labels (`alpha=0`) the teacher's top class.
+
     Args:
         tckd_weight: weight of TCKD, >= 0 (formerly `alpha`).
         nckd_weight: weight of NCKD, >= 0 (formerly `beta`).

@@ -6,7 +6,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_kdcap import labels as kd_labels
 from keras_kdcap import ops as kd_ops
+from keras_kdcap import outputs as kd_outputs
+from keras_kdcap.batches import iterate_batches
 from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.validation import check_fraction, check_int_at_least, check_positive
 
@@ -42,6 +45,9 @@ class FGCR(TemperaturePolicy):
     (softmax of cosine similarities between classifier weight vectors; no
     data pass). The exact form in the paper could not be read: this is the
     project's definition (docs/policies/fgcr.md).
+
+    The target class is the label, the arg-max of a soft label row (MixUp,
+    CutMix), or without labels (`alpha=0`) the teacher's top class.
 
     Args:
         weight: `w` in [0, 1].
@@ -125,32 +131,55 @@ class FGCR(TemperaturePolicy):
         self._create_relations(relations.shape[0])
         self.relations.assign(relations.astype("float32"))
 
-    def adapt(self, teacher: keras.Model, dataset, steps: int | None = None) -> None:
+    def adapt(
+        self,
+        teacher: keras.Model,
+        dataset,
+        steps: int | None = None,
+        batch_size: int | None = None,
+        teacher_outputs: str = "logits",
+    ) -> None:
         """Sets `R_y` to the mean of `softmax(f(x) / T)` over class y's samples.
+
+        A sample's class is its label, or the arg-max of a soft label row
+        (MixUp/CutMix); in batches without labels, the teacher's top class
+        (the Distiller's rule for unlabelled data).
 
         Args:
             teacher: the teacher model (called with `training=False`).
-            dataset: batches of `(x, y)` (a `tf.data.Dataset`, a
-                `keras.utils.PyDataset` or any iterable of pairs).
+            dataset: what `fit` accepts: a tuple `(x, y)` of arrays, a
+                `tf.data.Dataset`, a `keras.utils.PyDataset`, or any
+                iterable of `(x, y)` batches.
             steps: number of batches to use; all when None.
+            batch_size: batch size for arrays (32 when None).
+            teacher_outputs: "logits" or "probabilities", as in `Distiller`.
         """
+        kd_outputs.check_output_kind("teacher_outputs", teacher_outputs)
         sums = counts = None
-        for step, batch in enumerate(dataset):
-            if steps is not None and step >= steps:
-                break
-            x, y = batch[0], batch[1]
-            logits = kd_ops.as_float32(teacher(x, training=False))
+        for x, y, _ in iterate_batches(dataset, batch_size=batch_size, steps=steps):
+            outputs = teacher(x, training=False)
+            if sums is None:
+                kd_outputs.check_values("teacher", teacher, outputs, teacher_outputs)
+            logits = kd_outputs.as_logits(outputs, teacher_outputs)
             num_classes = logits.shape[-1]
-            labels = kd_ops.sparse_labels(y, num_classes)
+            if y is None:
+                labels = kd_labels.teacher_labels(logits)
+            else:
+                labels = kd_labels.read_labels(y, num_classes)
+            if not np.all(ops.convert_to_numpy(labels.valid)):
+                raise ValueError(
+                    f"`dataset` has invalid labels for FGCR.adapt: labels outside [0, "
+                    f"{num_classes}), or label rows that are not probability vectors."
+                )
             probs = ops.convert_to_numpy(kd_ops.tempered_softmax(logits, self.temperature))
-            onehot = np.eye(num_classes)[ops.convert_to_numpy(labels)]
+            onehot = np.eye(num_classes)[ops.convert_to_numpy(labels.classes)]
             if sums is None:
                 sums = np.zeros((num_classes, num_classes))
                 counts = np.zeros(num_classes)
             sums += onehot.T @ probs.astype("float64")
             counts += onehot.sum(axis=0)
         if sums is None:
-            raise ValueError("`dataset` yielded no batches: FGCR.adapt needs labelled data.")
+            raise ValueError("`dataset` yielded no batches: FGCR.adapt needs data.")
         missing = np.flatnonzero(counts == 0)
         if missing.size:
             raise ValueError(

@@ -117,6 +117,9 @@ class ISATS(TemperaturePolicy):
     `target_temperature`). The choices the paper leaves open are arguments;
     docs/policies/isats.md states the defaults and why.
 
+    The target class is the label, the arg-max of a soft label row (MixUp,
+    CutMix), or without labels (`alpha=0`) the teacher's top class.
+
     Args:
         min_temperature: lower end of the search, > 0.
         max_temperature: upper end of the search.

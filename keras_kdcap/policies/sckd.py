@@ -70,6 +70,9 @@ class SCKD(TemperaturePolicy):
     `softmax(f / T)` at `s = T`, or a base policy's. This per-sample,
     logit-space reading is the project's (docs/policies/sckd.md).
 
+    The target class is the label, the arg-max of a soft label row (MixUp,
+    CutMix), or without labels (`alpha=0`) the teacher's top class.
+
     Args:
         temperature: `T`, > 0, when `base_policy` is None.
         weighting: "binary" (default), "clip" or "affine".
