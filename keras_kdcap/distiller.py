@@ -13,6 +13,7 @@ from keras_kdcap import ops as kd_ops
 from keras_kdcap import outputs as kd_outputs
 from keras_kdcap.batches import has_labels, peek
 from keras_kdcap.guards import InputGuard, TeacherSnapshot, check_fit_data
+from keras_kdcap.hub import check_preprocessors
 from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.policies.fixed import FixedTemperature
 from keras_kdcap.validation import check_non_negative
@@ -452,6 +453,9 @@ class Distiller(keras.Model):
         weights survive any error raised during training.
         """
         self._check_compiled(callbacks)
+        check_preprocessors(self.teacher, self.student, x, "x")
+        val = kwargs.get("validation_data")
+        check_preprocessors(self.teacher, self.student, val, "validation_data")
         check_fit_data(x, y, _output_classes(self.student), argument="x")
         x = self._check_inputs(x, y, args, kwargs)
         with TeacherSnapshot(self):
@@ -463,6 +467,7 @@ class Distiller(keras.Model):
             # the validation pass inside `fit`: its callbacks hold fit's guard already
             return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
         self._check_compiled()
+        check_preprocessors(self.teacher, self.student, x, "x")
         check_fit_data(x, y, _output_classes(self.student), argument="x")
         x = self._check_inputs(x, y, args, kwargs)
         with TeacherSnapshot(self):

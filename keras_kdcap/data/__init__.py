@@ -31,6 +31,7 @@ from keras_kdcap.data.cifar import (
     has_cifar100_npz,
     load_cifar100_arrays,
 )
+from keras_kdcap.data.mix import MIX_MODES, MixedBatches, mix_batches
 from keras_kdcap.data.pipeline import (
     EpochSync,
     get_epoch_counter,
@@ -58,6 +59,9 @@ __all__ = [
     "CIFAR100_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MIX_MODES",
+    "MixedBatches",
+    "mix_batches",
     "EpochSync",
     "OfflineDataError",
     "caltech_birds_datasets",
