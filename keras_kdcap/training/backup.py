@@ -83,9 +83,14 @@ class VerifiedBackupAndRestore(keras.callbacks.BackupAndRestore):
         state_path = self.folder / STATE_NAME
         if state_path.exists():
             state = files.load_json(state_path)
-            weights = self.folder / str(state["weights"])
+            try:
+                weights, epoch = self.folder / str(state["weights"]), int(state["epoch"])
+            except (KeyError, TypeError, ValueError):
+                raise files.CorruptFileError(
+                    f"{state_path} cannot be trusted: it lacks `epoch` or `weights`. Delete "
+                    f"{self.folder} to start the training over."
+                ) from None
             files.check_file(weights)
-            epoch = int(state["epoch"])
         elif (self.folder / KERAS_WEIGHTS).exists():
             weights, epoch = self.folder / KERAS_WEIGHTS, backup_epoch(self.folder)
         else:
