@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -26,9 +27,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_kdcap import files
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 STEP_APIS = ("function", "on_batch")
+#: an absolute path under the repository's parent folder, inside any string.
+_ABSOLUTE = re.compile(re.escape(str(REPO.parent)) + r"[^\s\"',;]*")
 
 
 # --------------------------------------------------------------------- environment
@@ -145,8 +150,32 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def relative(path: str | os.PathLike) -> str:
+    """`path` relative to the repository (what results files record)."""
+    return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def relative_paths(value: Any) -> Any:
+    """Strings naming places on this machine, rewritten relative to the repository.
+
+    Args:
+        value: nested dicts/lists of JSON-ready leaves.
+
+    Returns:
+        The same structure; every absolute path under the repository's parent
+        folder (also inside a recorded command line) is relative to the repository.
+    """
+    if isinstance(value, dict):
+        return {k: relative_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v) for v in value]
+    if isinstance(value, str) and str(REPO.parent) in value:
+        return _ABSOLUTE.sub(lambda m: relative(m.group(0)), value)
+    return value
+
+
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Writes `payload` as indented strict JSON, creating the folder.
+    """Writes `payload` as indented strict JSON with relative paths, atomically.
 
     Args:
         path: destination file.
@@ -156,8 +185,8 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(relative_paths(jsonable(payload)), indent=2, allow_nan=False) + "\n"
+    files.atomic_write_bytes(path, text.encode())
     return path
 
 

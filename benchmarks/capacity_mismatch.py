@@ -68,9 +68,9 @@ from keras_kdcap import (  # noqa: E402
     Distiller,
     FixedTemperature,
     SmoothedCrossEntropy,
+    files,  # noqa: E402
 )
 from keras_kdcap.analysis import non_target_stats, rank_agreement, tau_star_stats  # noqa: E402
-from keras_kdcap.baselines.callbacks import PolicyEpochCallback  # noqa: E402
 from keras_kdcap.data import (  # noqa: E402
     ArrayImageDataset,
     cifar100_datasets_from_arrays,
@@ -535,11 +535,15 @@ def get_teacher(role: str, data: Data, cfg: dict[str, Any]) -> tuple[keras.Model
     folder = Path(cfg["cache_dir"]) / "teachers" / f"{key['model']}-{key['loss']}-{digest}"
     meta = folder / "meta.json"
     if (folder / "teacher.keras").is_file() and meta.is_file():
-        info = json.loads(meta.read_text())
-        if info.get("key") == key:
-            print(f"[teacher {role}] cached: {folder}", flush=True)
-            model = keras.saving.load_model(folder / "teacher.keras", compile=False)
-            return model, {**info["training"], "cached": True, "path": str(folder)}
+        try:  # verified: a file cut short by a kill is retrained, never loaded
+            info = files.load_json(meta)
+            if info.get("key") == key:
+                model = files.load_model_verified(folder / "teacher.keras", compile=False)
+                print(f"[teacher {role}] cached: {folder}", flush=True)
+                return model, {**info["training"], "cached": True, "path": _common.relative(folder)}
+        except files.CorruptFileError as error:
+            print(f"[teacher {role}] {error} Retraining it.", flush=True)
+            meta.unlink()
     print(
         f"[teacher {role}] training {key['model']} for {key['epochs']} epochs on "
         f"{data.sizes()['train']} images ({key['loss']})",
@@ -571,8 +575,8 @@ def get_teacher(role: str, data: Data, cfg: dict[str, Any]) -> tuple[keras.Model
         "final_loss": float(history["loss"][-1]),
         "final_augmented_train_accuracy": float(history["accuracy"][-1]),
     }
-    meta.write_text(json.dumps({"key": key, "training": training}, indent=2))
-    return model, {**training, "cached": False, "path": str(folder)}
+    files.atomic_write_json(meta, {"key": key, "training": training})  # written last
+    return model, {**training, "cached": False, "path": _common.relative(folder)}
 
 
 def teacher_report(
@@ -837,8 +841,7 @@ def train_student(
     else:
         setup = method_setup(method, cfg, isats, tuned)
         policy = setup.pop("policy")
-        if isinstance(policy, FGCR):
-            policy.adapt(teacher, data.eval("train"))
+        policy.prepare(teacher, data.eval("train"))
         model = Distiller(teacher, student)
         model.compile(
             optimizer=optimizer,
@@ -865,7 +868,6 @@ def train_student(
             initial_epoch=epoch,
             epochs=epoch + 1,
             verbose=cfg["verbose"],
-            callbacks=[PolicyEpochCallback()] if method != "ce" else None,
         )
         last_logs = {k: float(v[-1]) for k, v in history.history.items()}
         if epoch + 1 in eval_epochs:
