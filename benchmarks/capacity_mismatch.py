@@ -46,10 +46,11 @@ import itertools
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -795,6 +796,64 @@ def cache_fits(data: Data, cfg: dict[str, Any]) -> bool:
     return size <= cfg["logits_cache_mb"] * 2**20
 
 
+class StudentProgress:
+    """A student run's finished epochs on disk, committed after each epoch.
+
+    Each epoch's weights (student, optimizer, policy state) go to a new verified
+    file; then `progress.json`, written atomically, names it with the epoch,
+    the accuracy curves and the time spent: the commit point. A run killed at
+    any moment resumes after its last committed epoch.
+
+    Args:
+        folder: the run's folder, or None to keep nothing.
+    """
+
+    STATE = "progress.json"
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+
+    def restore(self, model: keras.Model, sample: Callable[[], Any]) -> dict[str, Any] | None:
+        """Loads the last committed epoch into `model`; None when there is none.
+
+        Args:
+            model: the compiled model of the run.
+            sample: gives one batch of inputs, to build the model and its optimizer.
+
+        Returns:
+            The committed state (`epoch`, `curves`, `last_logs`, `seconds`).
+        """
+        if self.folder is None or not (self.folder / self.STATE).is_file():
+            return None
+        try:
+            state = files.load_json(self.folder / self.STATE)
+            files.check_file(self.folder / state["weights"])
+        except (files.CorruptFileError, KeyError, TypeError, FileNotFoundError) as error:
+            print(f"[resume] {self.folder}: {error}; the student starts over", flush=True)
+            return None
+        model(sample(), training=False)  # builds the model, then its optimizer
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.folder / state["weights"])
+        print(f"[resume] student continues after epoch {state['epoch']}", flush=True)
+        return state
+
+    def commit(self, model: keras.Model, state: dict[str, Any]) -> None:
+        """Saves the model after `state["epoch"]` epochs, then the state naming it."""
+        if self.folder is None:
+            return
+        name = f"epoch{state['epoch']:04d}.weights.h5"
+        files.save_weights_verified(model, self.folder / name)
+        files.atomic_write_json(self.folder / self.STATE, {**state, "weights": name})
+        for old in self.folder.glob("epoch*.weights.h5"):
+            if old.name != name:
+                files.remove_verified(old)
+
+    def clear(self) -> None:
+        """Removes the folder (the run's record is in the results file)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def train_student(
     method: str,
     teacher: keras.Model | None,
@@ -805,6 +864,7 @@ def train_student(
     isats: dict[str, Any],
     eval_splits: Sequence[str] = ("val", "test"),
     tuned: dict[str, Any] | None = None,
+    progress: StudentProgress | None = None,
 ) -> dict[str, Any]:
     """Trains one student and evaluates it along the way.
 
@@ -818,6 +878,7 @@ def train_student(
         isats: ISATS settings.
         eval_splits: splits evaluated at each evaluation epoch.
         tuned: this teacher's tuned settings (see `method_setup`).
+        progress: where finished epochs are committed (resumed from when present).
 
     Returns:
         The run record: accuracies per evaluated epoch, last/best, the
@@ -858,13 +919,26 @@ def train_student(
     curves: dict[str, list[float]] = {split: [] for split in eval_splits}
     record["eval_epochs"] = sorted(eval_epochs)
     last_logs: dict[str, float] = {}
-    for epoch in range(cfg["epochs"]):
+    progress = progress or StudentProgress(None)
+
+    def epoch_data(epoch: int) -> Any:
         if cached is not None and method != "ce":
-            ds = cached.dataset(data, seed, epoch)
-        else:
-            ds = data.train_epoch(seed, epoch)
+            return cached.dataset(data, seed, epoch)
+        return data.train_epoch(seed, epoch)
+
+    first, spent = 0, 0.0
+    state = progress.restore(model, lambda: next(iter(epoch_data(0)))[0])
+    if state is not None:
+        first, curves, last_logs, spent = (
+            state["epoch"],
+            state["curves"],
+            state["last_logs"],
+            state["seconds"],
+        )
+        record["resumed_after_epoch"] = first
+    for epoch in range(first, cfg["epochs"]):
         history = model.fit(
-            ds,
+            epoch_data(epoch),
             initial_epoch=epoch,
             epochs=epoch + 1,
             verbose=cfg["verbose"],
@@ -873,6 +947,15 @@ def train_student(
         if epoch + 1 in eval_epochs:
             for split in eval_splits:
                 curves[split].append(accuracy(student, data, split)[0])
+        progress.commit(
+            model,
+            {
+                "epoch": epoch + 1,
+                "curves": curves,
+                "last_logs": last_logs,
+                "seconds": spent + time.perf_counter() - start,
+            },
+        )
     record["accuracy"] = curves
     for split in eval_splits:
         values = curves[split]
@@ -882,7 +965,7 @@ def train_student(
         best_val = int(np.argmax(curves["val"]))
         record["test_at_best_val"] = curves["test"][best_val]
     record["last_epoch_metrics"] = last_logs
-    record["seconds"] = time.perf_counter() - start
+    record["seconds"] = spent + time.perf_counter() - start
     record["teacher_logits"] = (
         "cached"
         if cached is not None and method != "ce"
@@ -1457,6 +1540,26 @@ def resume_state(cfg: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def student_folder(
+    cfg: dict[str, Any], role: str | None, method: str, seed: int, settings: Any
+) -> Path:
+    """The folder of one student run's committed epochs, keyed by all that changes it.
+
+    Args:
+        cfg: the configuration.
+        role: the teacher's role (None for `ce`).
+        method: the method.
+        seed: the seed.
+        settings: the method's chosen settings (ISATS's, or a tuned method's).
+
+    Returns:
+        `<cache_dir>/students/<method>-<seed>-<digest>`.
+    """
+    key = json.dumps([_resume_key(cfg), role, method, seed, _common.jsonable(settings)])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return Path(cfg["cache_dir"]) / "students" / f"{method}-{seed}-{digest}"
+
+
 def _resume_key(cfg: dict[str, Any]) -> str:
     kept = {k: v for k, v in cfg.items() if k not in RESUME_IGNORED}
     return json.dumps(_common.jsonable(kept), sort_keys=True)
@@ -1565,8 +1668,22 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
                 label = f"{method}" + (f" <- {role}" if role else "")
                 print(f"[student seed {seed}] {label}", flush=True)
                 splits = ("val", "test") if data.sizes()["val"] else ("test",)
+                progress = StudentProgress(
+                    student_folder(
+                        cfg, role, method, seed, isats if method == "isats" else settings
+                    )
+                )
                 run = train_student(
-                    method, teachers.get(role), cached, data, seed, cfg, isats, splits, settings
+                    method,
+                    teachers.get(role),
+                    cached,
+                    data,
+                    seed,
+                    cfg,
+                    isats,
+                    splits,
+                    settings,
+                    progress,
                 )
                 run["teacher"] = role
                 run["logits_seconds"] = logits_seconds
@@ -1579,6 +1696,7 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
                 )
                 # a partial record after every run: a run cut short resumes from it
                 _common.write_json(cfg["output"], assemble(complete=False))
+                progress.clear()
     results = assemble(complete=True)
     text = tables(results)
     results["markdown"] = text

@@ -454,3 +454,78 @@ def test_capacity_mismatch_refuses_a_cut_results_file(capacity, tmp_path):
     argv = _tiny_capacity_argv(tmp_path, output, "--val_per_class=1")
     with pytest.raises(app.UsageError, match="--noresume"):
         capacity.main(argv)
+
+
+class _KilledError(Exception):
+    """Stands for a kill right after a commit."""
+
+
+def test_capacity_mismatch_student_resumes_after_its_last_epoch(
+    capacity, tmp_path, one_thread, monkeypatch
+):
+    flags = ("--student=resnet8", "--val_per_class=0", "--epochs=2", "--seeds=0", "--methods=kd")
+    whole = capacity.main(_tiny_capacity_argv(tmp_path, tmp_path / "whole.json", *flags))
+    assert not list((tmp_path / "cache" / "students").iterdir())  # cleared after each run
+    argv = _tiny_capacity_argv(tmp_path, tmp_path / "cut.json", *flags)
+    commit = capacity.StudentProgress.commit
+
+    def commit_then_die(self, model, state):
+        commit(self, model, state)
+        raise _KilledError(state["epoch"])
+
+    monkeypatch.setattr(capacity.StudentProgress, "commit", commit_then_die)
+    with pytest.raises(_KilledError):
+        capacity.main(argv)  # the first student dies right after committing epoch 1
+    monkeypatch.undo()
+    (folder,) = (tmp_path / "cache" / "students").iterdir()
+    assert json.loads((folder / "progress.json").read_text())["epoch"] == 1
+    resumed = capacity.main(argv)
+    first = resumed["runs"][0]
+    assert first["resumed_after_epoch"] == 1
+    assert "resumed_after_epoch" not in resumed["runs"][1]
+    for run, reference in zip(resumed["runs"], whole["runs"], strict=True):
+        assert run["accuracy"] == reference["accuracy"]  # the same finished numbers
+        assert run["last_epoch_metrics"]["loss"] == pytest.approx(
+            reference["last_epoch_metrics"]["loss"], rel=1e-5
+        )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="one backend is enough")
+def test_capacity_mismatch_survives_sigkill(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    output = tmp_path / "killed.json"
+    argv = _tiny_capacity_argv(
+        tmp_path,
+        output,
+        "--student=resnet8",
+        "--val_per_class=0",
+        "--epochs=3",
+        "--seeds=0",
+        "--methods=kd",
+    )
+    command = [sys.executable, str(REPO / "benchmarks" / "capacity_mismatch.py"), *argv[1:]]
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    students = tmp_path / "cache" / "students"
+    deadline = time.monotonic() + 300
+    while not list(students.glob("*/progress.json")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no student epoch was committed"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # mid-run: epoch 1 committed, epoch 2 running
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[resume] student continues after epoch" in done.stdout
+    results = json.loads(output.read_text())
+    assert results["complete"] is True
+    assert [(r["teacher"], r["method"]) for r in results["runs"]] == [
+        ("small", "kd"),
+        ("large", "kd"),
+    ]
+    assert any(r.get("resumed_after_epoch", 0) >= 1 for r in results["runs"])
+    assert all(r["eval_epochs"] == [3] and len(r["accuracy"]["test"]) == 1 for r in results["runs"])
+    assert not list(students.iterdir())
