@@ -13,6 +13,8 @@ from absl import flags
 from keras_kdcap.experiment.config import (
     DEFAULT_PRESET,
     LEGACY_POLICY_FLAGS,
+    MIX_CHOICES,
+    MIX_LAYERS,
     PRESETS,
     ExperimentConfig,
     UsageError,
@@ -211,6 +213,45 @@ def define_flags(flag_values: flags.FlagValues, compare: bool = False) -> None:
         lower_bound=0,
         flag_values=fv,
     )
+    flags.DEFINE_integer(
+        "teacher_per_class",
+        None,
+        "Training images per class of the teacher (0: all 500), a superset of the students' "
+        "(default: --per_class)." + PRESET_NOTE,
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "num_classes",
+        None,
+        "Keep the first N classes of CIFAR-100 (100: all)." + PRESET_NOTE,
+        lower_bound=2,
+        upper_bound=100,
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "baseline",
+        None,
+        "Also train the student without a teacher (CE only, same data, seed and optimizer) "
+        "and print both accuracies." + PRESET_NOTE,
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "mix",
+        "none",
+        list(MIX_CHOICES),
+        "MixUp or CutMix of the student's training batches (soft labels; the teacher sees "
+        "the same mixed images). The teacher is trained without it.",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "mix_layers",
+        "kdcap",
+        list(MIX_LAYERS),
+        "Whose MixUp/CutMix: kdcap (exact labels, keras_kdcap.data.mix_batches), keras "
+        "(keras.layers.MixUp/CutMix) or keras_cv (needs keras-cv).",
+        flag_values=fv,
+    )
     flags.DEFINE_string(
         "output_dir",
         None,
@@ -345,6 +386,8 @@ def build_config(fv: flags.FlagValues, explicit: set[str], **overrides: Any) -> 
         "regt_temperature",
         "data_dir",
         "pipeline",
+        "mix",
+        "mix_layers",
         "analysis",
         "tensorboard",
         "restart",

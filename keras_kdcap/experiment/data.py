@@ -99,6 +99,13 @@ class ExperimentData:
     num_test: int
     source: str
     pipeline: str = "tfdata"
+    teacher_train: Any = None
+    num_teacher_train: int | None = None
+
+    @property
+    def teacher_batches(self) -> Any:
+        """The teacher's training batches: its own (`--teacher_per_class`) or `train`."""
+        return self.train if self.teacher_train is None else self.teacher_train
 
     @property
     def steps_per_epoch(self) -> int:
@@ -114,6 +121,12 @@ class ExperimentData:
         from keras_kdcap.data import EpochSync
 
         return [EpochSync(self.train)]
+
+    def teacher_epoch_callbacks(self) -> list[keras.callbacks.Callback]:
+        """`epoch_callbacks` of the teacher's training batches (NumPy pipeline only)."""
+        if self.pipeline == "numpy":
+            return [ArrayEpochSync(self.teacher_batches)]
+        return []  # train_teacher syncs tf.data pipelines itself
 
 
 @functools.lru_cache(maxsize=2)
@@ -155,6 +168,55 @@ def _subset(labels: np.ndarray, per_class: int) -> np.ndarray | None:
     return None if per_class <= 0 else stratified_indices(labels, per_class)
 
 
+def first_classes(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[Any, Any]:
+    """The examples of classes `0 .. num_classes - 1` (labels keep their values).
+
+    Args:
+        images: `[N, ...]`.
+        labels: int `[N]`.
+        num_classes: how many classes to keep.
+
+    Returns:
+        `(images, labels)` of those classes, in their original order.
+    """
+    keep = np.flatnonzero(np.asarray(labels).reshape(-1) < num_classes)
+    return images[keep], labels[keep]
+
+
+def student_train_data(config: ExperimentConfig, data: ExperimentData) -> Any:
+    """The student's training batches: `data.train`, mixed when `config.mix` asks for it.
+
+    Args:
+        config: the configuration (`mix`, `mix_layers`, `num_classes`, `seed`).
+        data: the pipelines.
+
+    Returns:
+        `data.train`, or its MixUp / CutMix version with soft `[B, C]` labels.
+    """
+    if config.mix == "none":
+        return data.train
+    if data.pipeline == "numpy":
+        if config.mix_layers != "kdcap":
+            raise UsageError("--pipeline=numpy mixes with --mix_layers=kdcap only")
+        from keras_kdcap.data.mix import MixedBatches
+
+        return MixedBatches(data.train, config.mix, config.num_classes, seed=config.seed)
+    from keras_kdcap.data.mix import mix_batches
+
+    layer = None
+    if config.mix_layers == "keras":
+        layer = {"mixup": keras.layers.MixUp, "cutmix": keras.layers.CutMix}[config.mix](
+            seed=config.seed
+        )
+    elif config.mix_layers == "keras_cv":
+        import keras_cv
+
+        layer = {"mixup": keras_cv.layers.MixUp, "cutmix": keras_cv.layers.CutMix}[config.mix](
+            seed=config.seed
+        )
+    return mix_batches(data.train, config.mix, config.num_classes, seed=config.seed, layer=layer)
+
+
 def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentData:
     """Builds the training and evaluation pipelines of a run.
 
@@ -170,6 +232,16 @@ def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentDa
     if pipeline == "numpy":
         check_npz_source(config.data_dir)
     (x_train, y_train), (x_test, y_test), where = load_arrays(config.data_dir)
+    if config.num_classes < NUM_CLASSES:
+        (x_train, y_train), (x_test, y_test) = (
+            first_classes(x, y, config.num_classes)
+            for x, y in ((x_train, y_train), (x_test, y_test))
+        )
+        where += f", classes 0-{config.num_classes - 1} of {NUM_CLASSES}"
+    teacher_arrays = None
+    if config.teacher_per_class is not None and config.teacher_per_class != config.per_class:
+        keep = _subset(y_train, config.teacher_per_class)
+        teacher_arrays = (x_train, y_train) if keep is None else (x_train[keep], y_train[keep])
     keep = _subset(y_train, config.per_class)
     if keep is not None:
         x_train, y_train = x_train[keep], y_train[keep]
@@ -181,10 +253,15 @@ def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentDa
     if pipeline == "numpy":
         from keras_kdcap.data.arrays import ArrayImageDataset
 
+        def batches(images: Any, labels: Any) -> Any:
+            return ArrayImageDataset(
+                images, labels, config.batch_size, augment=True, shuffle=True, seed=seed
+            )
+
         return ExperimentData(
-            train=ArrayImageDataset(
-                x_train, y_train, config.batch_size, augment=True, shuffle=True, seed=seed
-            ),
+            train=batches(x_train, y_train),
+            teacher_train=None if teacher_arrays is None else batches(*teacher_arrays),
+            num_teacher_train=None if teacher_arrays is None else len(teacher_arrays[1]),
             train_eval=ArrayImageDataset(x_train, y_train, EVAL_BATCH_SIZE),
             test=ArrayImageDataset(x_test, y_test, EVAL_BATCH_SIZE),
             num_train=len(y_train),
@@ -196,17 +273,19 @@ def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentDa
 
     # Whole batches only (one shape for XLA, no tiny BatchNorm batch), unless the
     # training set is smaller than one batch.
-    drop = len(y_train) >= config.batch_size
-    train_ds, test_ds = cifar100_datasets_from_arrays(
-        train,
-        test,
-        batch_size=config.batch_size,
-        seed=seed,
-        augment=True,
-        shuffle=True,
-        drop_remainder=drop,
-        eval_batch_size=EVAL_BATCH_SIZE,
-    )
+    def batches(arrays: Any) -> tuple[Any, Any]:
+        return cifar100_datasets_from_arrays(
+            arrays,
+            test,
+            batch_size=config.batch_size,
+            seed=seed,
+            augment=True,
+            shuffle=True,
+            drop_remainder=len(arrays[1]) >= config.batch_size,
+            eval_batch_size=EVAL_BATCH_SIZE,
+        )
+
+    train_ds, test_ds = batches(train)
     train_eval, _ = cifar100_datasets_from_arrays(
         train,
         test,
@@ -218,6 +297,8 @@ def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentDa
     )
     return ExperimentData(
         train=train_ds,
+        teacher_train=None if teacher_arrays is None else batches(teacher_arrays)[0],
+        num_teacher_train=None if teacher_arrays is None else len(teacher_arrays[1]),
         train_eval=train_eval,
         test=test_ds,
         num_train=len(y_train),

@@ -17,7 +17,7 @@ from keras_kdcap import files
 from keras_kdcap.experiment import state
 from keras_kdcap.experiment.callbacks import TestAccuracy, tensorboard_callback
 from keras_kdcap.experiment.config import ExperimentConfig, UsageError, make_policy, one_line
-from keras_kdcap.experiment.data import NUM_CLASSES, ExperimentData
+from keras_kdcap.experiment.data import ExperimentData, student_train_data
 from keras_kdcap.experiment.report import read_csv_log
 
 Log = Callable[[str], None]
@@ -49,7 +49,7 @@ def accuracy(model: keras.Model, dataset: Any) -> tuple[float, Any]:
     return float(np.mean(correct)), outputs
 
 
-def _load_teacher(path: str | os.PathLike) -> keras.Model:
+def _load_teacher(path: str | os.PathLike, num_classes: int) -> keras.Model:
     try:
         if files.record_path(path).exists():  # written by a run: checked against its record
             files.check_file(path)
@@ -58,9 +58,10 @@ def _load_teacher(path: str | os.PathLike) -> keras.Model:
         message = " ".join(str(err).split())[:300]
         raise UsageError(f"--teacher={path}: cannot load it ({message})") from None
     classes = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
-    if classes != NUM_CLASSES:
+    if classes != num_classes:
         raise UsageError(
-            f"--teacher={path}: it gives {classes} outputs, CIFAR-100 needs {NUM_CLASSES} logits"
+            f"--teacher={path}: it gives {classes} outputs, the run needs {num_classes} logits "
+            "(--num_classes)"
         )
     return model
 
@@ -86,10 +87,10 @@ def teacher_phase(
     if plan == "reuse":
         log(f"[2/5] teacher: reused {saved} (trained earlier with the same settings)")
         record = state.read_json(out / state.TEACHER_RECORD)
-        return _load_teacher(saved), {**record, "source": "reused"}
+        return _load_teacher(saved, config.num_classes), {**record, "source": "reused"}
     if plan == "load":
         log(f"[2/5] teacher: loaded {config.teacher}")
-        teacher = _load_teacher(config.teacher)
+        teacher = _load_teacher(config.teacher, config.num_classes)
         record = {
             "model": teacher.name,
             "file": str(Path(config.teacher).resolve()),
@@ -118,11 +119,10 @@ def teacher_phase(
         f"({loss}, SGD lr {lr:g}, batch {config.batch_size}) -> {saved}"
     )
     keras.utils.set_random_seed(config.seed)
-    teacher = get_model(config.teacher, NUM_CLASSES)
+    teacher = get_model(config.teacher, config.num_classes)
     board = tensorboard_callback(out / "tensorboard" / "teacher") if config.tensorboard else None
     callbacks = [board] if board is not None else []
-    if data.pipeline == "numpy":  # train_teacher syncs tf.data pipelines itself
-        callbacks = data.epoch_callbacks() + callbacks
+    callbacks = data.teacher_epoch_callbacks() + callbacks
     regt = (
         {"gamma": config.regt_gamma, "temperature": config.regt_temperature}
         if config.regt
@@ -341,7 +341,7 @@ def student_phase(
         f"batch {config.batch_size}) -> {saved}"
     )
     keras.utils.set_random_seed(config.seed)
-    student = get_model(config.student, NUM_CLASSES)
+    student = get_model(config.student, config.num_classes)
     apply_weight_decay(student, config.weight_decay)
     policy = prepare_policy(config, teacher, data)
     distiller = Distiller(teacher, student)
@@ -354,7 +354,7 @@ def student_phase(
         alpha=config.alpha,
         beta=config.beta,
         temperature_scaling=config.temperature_scaling,
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        metrics=[_accuracy_metric(config)],
     )
     # Order matters: the CSV row is written before the backup, so an epoch is never
     # missing from the log (a repeated one is de-duplicated when reading it).
@@ -368,7 +368,11 @@ def student_phase(
     callbacks += [board] if board is not None else []
     start = time.perf_counter()
     distiller.fit(
-        data.train, epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=config.verbose
+        student_train_data(config, data),
+        epochs=config.epochs,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=config.verbose,
     )
     elapsed = time.perf_counter() - start
     record = {
@@ -387,3 +391,68 @@ def student_phase(
     shutil.rmtree(backup, ignore_errors=True)
     source = "resumed" if plan == "resume" else "trained"
     return student, {**record, "source": source, "history": read_csv_log(csv_path)}
+
+
+def _accuracy_metric(config: ExperimentConfig) -> keras.metrics.Metric:
+    """Training accuracy: of int labels, or of the mixed soft labels' top class (`--mix`)."""
+    if config.mix == "none":
+        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    return keras.metrics.CategoricalAccuracy(name="accuracy")
+
+
+def baseline_phase(
+    config: ExperimentConfig, data: ExperimentData, log: Log = print
+) -> tuple[keras.Model, dict[str, Any]]:
+    """The student trained without a teacher: CE only, same data, seed, optimizer and epochs.
+
+    The same initial weights as the distilled student (same seed), the same batches
+    (mixed too under `--mix`), the same SGD schedule and weight decay: only the
+    teacher is missing. Not saved or resumed (it is the yardstick of a short run).
+
+    Args:
+        config: the configuration.
+        data: the pipelines.
+        log: prints one progress line.
+
+    Returns:
+        `(student, record)`: the model and a dict with `model`, `epochs`, `lr`, `time_s`.
+    """
+    from keras_kdcap.models import get_model
+    from keras_kdcap.training import apply_weight_decay, crd_schedule
+
+    lr = _resolve_lr(config, config.student)
+    log(
+        f"[4/5] baseline: {config.student} without a teacher for {config.epochs} epochs "
+        f"(CE only, SGD lr {lr:g}, batch {config.batch_size}, same data and seed)"
+    )
+    keras.utils.set_random_seed(config.seed)
+    student = get_model(config.student, config.num_classes)
+    apply_weight_decay(student, config.weight_decay)
+    if config.mix == "none":
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    student.compile(
+        optimizer=keras.optimizers.SGD(
+            learning_rate=crd_schedule(lr, config.epochs, data.steps_per_epoch), momentum=0.9
+        ),
+        loss=loss,
+        metrics=[_accuracy_metric(config)],
+    )
+    start = time.perf_counter()
+    student.fit(
+        student_train_data(config, data),
+        epochs=config.epochs,
+        callbacks=data.epoch_callbacks(),
+        shuffle=False,
+        verbose=config.verbose,
+    )
+    record = {
+        "model": config.student,
+        "policy": "CE only (no teacher)",
+        "epochs": config.epochs,
+        "lr": lr,
+        "time_s": time.perf_counter() - start,
+        "source": "trained",
+    }
+    return student, record

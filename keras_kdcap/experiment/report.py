@@ -176,14 +176,38 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
             format_seconds(student.get("time_s")),
         ],
     ]
+    baseline = metrics.get("baseline")
+    if baseline:
+        rows.append(
+            [
+                "student, no teacher",
+                baseline.get("model", "-"),
+                baseline.get("policy", "CE only"),
+                baseline.get("epochs", "-"),
+                baseline.get("source", "-"),
+                _percent(baseline.get("test_accuracy")),
+                format_seconds(baseline.get("time_s")),
+            ]
+        )
     table = format_table(["role", "model", "policy", "epochs", "run", "test acc", "time"], rows)
     best = student.get("best_epoch") or {}
+    data = metrics["data"]
+    classes = data.get("num_classes", 100)
+    subset = f"{classes} of 100 CIFAR-100 classes, " if classes < 100 else ""
+    if data.get("num_teacher_train"):
+        subset += f"teacher on {data['num_teacher_train']} train images, students on "
     lines = [
         "",
-        f"summary ({metrics['versions']['backend']} backend, {metrics['data']['num_train']} train"
-        f" / {metrics['data']['num_test']} test images)",
+        f"summary ({metrics['versions']['backend']} backend, {subset}{data['num_train']} train"
+        f" / {data['num_test']} test images)",
         table,
     ]
+    if baseline and baseline.get("test_accuracy") is not None:
+        gain = 100 * (metrics["student_test_accuracy"] - baseline["test_accuracy"])
+        lines.append(
+            f"distillation: {_percent(metrics['student_test_accuracy'])} with the teacher vs "
+            f"{_percent(baseline['test_accuracy'])} CE only ({gain:+.2f} points)"
+        )
     if best.get("val_accuracy") is not None:
         lines.append(
             f"best student epoch: {best['epoch']} (test acc {_percent(best['val_accuracy'])})"

@@ -13,6 +13,7 @@ from keras_kdcap.experiment.data import ExperimentData, load_data
 from keras_kdcap.experiment.phases import (
     Log,
     accuracy,
+    baseline_phase,
     student_phase,
     teacher_phase,
     teacher_statistics,
@@ -55,6 +56,8 @@ def run_experiment(
     if data is None:
         data = load_data(config)
     subset = f"{config.per_class} per class" if config.per_class else "all"
+    if data.num_teacher_train is not None:
+        subset += f"; the teacher's: {data.num_teacher_train}"
     log(
         f"[1/5] data: {data.num_train} train ({subset}) / {data.num_test} test images "
         f"from {data.source}"
@@ -72,6 +75,10 @@ def run_experiment(
     student, student_record = student_phase(config, plan.student, teacher, data, log)
     student_accuracy, _ = accuracy(student, data.test)
     last, best = last_and_best(student_record.get("history", {}))
+    baseline_section = None
+    if config.baseline:
+        baseline, baseline_section = baseline_phase(config, data, log)
+        baseline_section["test_accuracy"], _ = accuracy(baseline, data.test)
 
     log(f"[5/5] report: {out / state.METRICS_FILE}")
     figures: dict[str, str] = {}
@@ -105,6 +112,8 @@ def run_experiment(
         "teacher_test_accuracy": teacher_accuracy,
         "student_test_accuracy": student_accuracy,
         "policy": student_record.get("policy", config.policy),
+        "baseline_test_accuracy": (baseline_section or {}).get("test_accuracy"),
+        "baseline": baseline_section,
         "teacher": teacher_section,
         "student": student_section,
         "data": {
@@ -114,6 +123,9 @@ def run_experiment(
             "num_test": data.num_test,
             "per_class": config.per_class,
             "test_per_class": config.test_per_class,
+            "num_classes": config.num_classes,
+            "num_teacher_train": data.num_teacher_train,
+            "mix": config.mix,
         },
         "config": config.to_dict(),
         "versions": versions(),
