@@ -32,9 +32,8 @@ from keras_kdcap import files
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 STEP_APIS = ("function", "on_batch")
-#: an absolute path under the repository's parent folder, inside any string.
-# an absolute path under REPO.parent: not inside a relative path ("../tmp/x/work/y" when
-# REPO.parent is /work), and /work itself, not /workspace
+#: an absolute path under the repository's parent folder, inside any string; not a part of
+#: a relative path ("../tmp/x/work/y" when that folder is /work), and not /workspace.
 _ABSOLUTE = re.compile(
     r"(?<![\w.~/-])" + re.escape(str(REPO.parent)) + r"(?![^/\s\"',;])[^\s\"',;]*"
 )

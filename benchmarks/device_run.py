@@ -267,9 +267,13 @@ flags.DEFINE_string(
 
 
 def _common():
-    """benchmarks/_common.py, imported late: it imports Keras, which the device lacks at first."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
+    """benchmarks/_common.py, imported late: it imports Keras, which the device lacks at first.
+
+    The repository goes on the path too: keras_kdcap is not installed on the device.
+    """
+    for folder in (REPO, BENCHMARKS):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
     import _common
 
     return _common
