@@ -250,7 +250,10 @@ def run(argv: Sequence[str]) -> dict:
         shuffle=False,
         verbose=s["verbose"],
     )
-    student.compile(metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    student.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
     student_accuracy = float(student.evaluate(test_pre, verbose=0, return_dict=True)["accuracy"])
     student_time = time.perf_counter() - start
 
