@@ -334,6 +334,10 @@ def test_capacity_mismatch_regime_check(capacity, small_acc, large_acc, kd_small
         (["--teacher_roles=small,huge"], "--teacher_roles"),
         (["--teacher_roles=large_flat"], "--flat_label_smoothing > 0"),
         (["--flat_label_smoothing=1.5"], "--flat_label_smoothing must"),
+        (["--classes=5"], "--classes must lie in \\[6, 100\\]"),
+        (["--small_methods=ats", "--methods=kd"], "--small_methods"),
+        (["--tune_ats=4:2,3"], "tau1:tau2 pairs"),
+        (["--tune_kd_temperatures=0,2"], "all > 0"),
     ],
 )
 def test_capacity_mismatch_rejects_bad_teacher_flags(capacity, flags, message):
