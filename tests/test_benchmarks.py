@@ -533,3 +533,32 @@ def test_capacity_mismatch_survives_sigkill(tmp_path):
     assert any(r.get("resumed_after_epoch", 0) >= 1 for r in results["runs"])
     assert all(r["eval_epochs"] == [3] and len(r["accuracy"]["test"]) == 1 for r in results["runs"])
     assert not list(students.iterdir())
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_results_files_hold_relative_paths_only():
+    import re
+
+    absolute = re.compile(r"(^|[\s=])/(work|root|tmp|home|Users)/")
+    for path in sorted((REPO / "benchmarks" / "results").glob("*.json")):
+        found = [s for s in _strings(json.loads(path.read_text())) if absolute.search(s)]
+        assert not found, f"{path.name} records absolute paths: {found[:3]}"
+
+
+def test_write_json_rewrites_paths_relative_to_the_repository(tmp_path):
+    common = _load("_common")
+    inside = str(REPO / "runs" / "x")
+    payload = {"path": inside, "command": f"run --data_dir={REPO.parent / 'shared' / 'd'} -v"}
+    common.write_json(tmp_path / "r.json", payload)
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written == {"path": "runs/x", "command": "run --data_dir=../shared/d -v"}
