@@ -32,7 +32,7 @@ import keras
 import numpy as np
 from absl import app, flags
 
-from keras_kdcap import analysis
+from keras_kdcap import analysis, files
 from keras_kdcap.models import get_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,11 +305,15 @@ def train_or_load(
     folder = cache_folder(Path(cfg["output_dir"]), config)
     path, meta_path = folder / "teacher.keras", folder / "meta.json"
     if path.is_file() and meta_path.is_file():
-        info = json.loads(meta_path.read_text())
-        if info.get("config") == config:
-            print(f"[{name}] loading cached teacher {path}")
-            model = keras.saving.load_model(path, compile=False)
-            return model, {**info["training"], "cached": True, "path": str(path)}
+        try:  # verified: a file cut short by a kill is retrained, never loaded
+            info = files.load_json(meta_path)
+            if info.get("config") == config:
+                print(f"[{name}] loading cached teacher {path}")
+                model = files.load_model_verified(path, compile=False)
+                return model, {**info["training"], "cached": True, "path": str(path)}
+        except files.CorruptFileError as error:
+            print(f"[{name}] {error} Retraining it.")
+            meta_path.unlink()
     keras.utils.set_random_seed(cfg["seed"] * 1000 + index)
     model = get_model(name, num_classes=NUM_CLASSES)
     batches = TrainBatches(*train, cfg["batch_size"], cfg["seed"] * 1000 + index, cfg["augment"])
@@ -325,9 +329,9 @@ def train_or_load(
         "final_augmented_train_accuracy": float(history["accuracy"][-1]),
     }
     folder.mkdir(parents=True, exist_ok=True)
-    if not path.is_file():  # train_teacher saves it itself
-        model.save(path)
-    meta_path.write_text(json.dumps({"config": config, "training": training}, indent=2))
+    if not files.verify_file(path):  # train_teacher saves it itself
+        files.save_model_verified(model, path)
+    files.atomic_write_json(meta_path, {"config": config, "training": training})  # last
     return model, {**training, "cached": False, "path": str(path)}
 
 
@@ -502,7 +506,7 @@ def run_analysis(cfg: dict[str, Any]) -> dict[str, Any]:
         "figures": [os.path.relpath(f, output_dir) for f in figures],
     }
     results = _jsonable(results)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    files.atomic_write_json(output_dir / "results.json", results)
     print_summary(results)
     print(f"\nwrote {output_dir / 'results.json'} and {len(figures)} figures")
     return results

@@ -185,9 +185,7 @@ def tau_star_stats(
         taus.append(to_numpy(tau, np.float64))
     tau = np.concatenate(taus)
     correct = np.argmax(logits, axis=-1) == labels
-    grid = to_numpy(
-        temperature_grid(min_temperature, max_temperature, num_candidates), np.float64
-    )
+    grid = to_numpy(temperature_grid(min_temperature, max_temperature, num_candidates), np.float64)
     return {
         "tau_star": tau,
         "mean": float(np.mean(tau)),

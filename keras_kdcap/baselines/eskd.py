@@ -7,7 +7,7 @@ completed epochs, and `history.csv`), pick an early one with
 `select_checkpoint`, load it and distil as usual::
 
     path = select_checkpoint("runs/resnet110", fraction=0.25)
-    teacher = keras.models.load_model(path)
+    teacher = keras_kdcap.files.load_model_verified(path)  # refuses a file cut short
     distiller = Distiller(teacher, student)
 
 docs/policies/eskd_takd.md discusses which epoch to pick.
