@@ -78,13 +78,14 @@ def test_temperature_grid_is_log_spaced_with_ends(rng):
     assert grid[0] == pytest.approx(0.5, rel=1e-6) and grid[-1] == pytest.approx(20.0, rel=1e-6)
 
 
+@pytest.mark.parametrize("search", ["grid", "scan"])
 @pytest.mark.parametrize("scale,classes", CASES)
-def test_isats_temperature_is_the_brute_force_grid_argmax(rng, scale, classes):
+def test_isats_temperature_is_the_brute_force_grid_argmax(rng, scale, classes, search):
     f, y = logits_and_labels(rng, scale, classes)
     # make most samples correctly classified, as for a trained teacher
     f[np.arange(len(y)), y] += 3.0 * scale
     lo, hi, k = 0.5, 20.0, 32
-    tau = to_numpy(isats_temperature(f, y, lo, hi, k))
+    tau = to_numpy(isats_temperature(f, y, lo, hi, k, search=search))
     expected, values = ref.isats_brute_force(f, y, lo, hi, k)
     grid = ref.isats_grid(lo, hi, k)
     chosen = np.argmin(np.abs(grid[None, :] - tau[:, None]), axis=1)
@@ -100,21 +101,25 @@ def test_isats_temperature_is_the_brute_force_grid_argmax(rng, scale, classes):
     assert np.all(got >= best * (1 - 1e-4))
 
 
-def test_isats_temperature_interior_for_confident_teacher():
+@pytest.mark.parametrize("search", ["grid", "scan"])
+def test_isats_temperature_interior_for_confident_teacher(search):
     f = np.array([[8.0, 2.0, 1.0, 0.0, -1.0]], dtype=np.float32)
-    tau = float(to_numpy(isats_temperature(f, np.array([0]), 0.1, 100.0, 64))[0])
+    tau = isats_temperature(f, np.array([0]), 0.1, 100.0, 64, search=search)
+    tau = float(to_numpy(tau)[0])
     assert 0.1 < tau < 100.0
     _, values = ref.isats_brute_force(f, [0], 0.1, 100.0, 64)
     assert values[0, 0] < values.max() and values[0, -1] < values.max()
 
 
+@pytest.mark.parametrize("search", ["grid", "scan"])
 @pytest.mark.parametrize("scale,classes", [(1.0, 10), (3.0, 100), (10.0, 1000)])
-def test_isats_refinement_never_below_grid_best(rng, scale, classes):
+def test_isats_refinement_never_below_grid_best(rng, scale, classes, search):
     f, y = logits_and_labels(rng, scale, classes)
     f[np.arange(len(y)), y] += 3.0 * scale
     lo, hi, k = 0.5, 20.0, 8
-    coarse = to_numpy(isats_temperature(f, y, lo, hi, k))
-    fine = to_numpy(isats_temperature(f, y, lo, hi, k, refine=True, refine_candidates=8))
+    coarse = to_numpy(isats_temperature(f, y, lo, hi, k, search=search))
+    fine = isats_temperature(f, y, lo, hi, k, refine=True, refine_candidates=8, search=search)
+    fine = to_numpy(fine)
     v_coarse = ref.non_target_variance(ref.tempered_softmax(f, coarse), y)
     v_fine = ref.non_target_variance(ref.tempered_softmax(f, fine), y)
     assert np.all(v_fine >= v_coarse * (1 - 1e-5))
@@ -154,5 +159,6 @@ def test_ops_compute_in_float32_from_half_precision(rng):
     p = kd_ops.tempered_softmax(f.astype("float16"), 0.5)
     assert keras.backend.standardize_dtype(p.dtype) == "float32"
     assert np.all(np.isfinite(to_numpy(p)))
-    tau = isats_temperature(f.astype("float16"), y, 0.1, 10.0, 16)
-    assert keras.backend.standardize_dtype(tau.dtype) == "float32"
+    for search in ("grid", "scan"):
+        tau = isats_temperature(f.astype("float16"), y, 0.1, 10.0, 16, search=search)
+        assert keras.backend.standardize_dtype(tau.dtype) == "float32"

@@ -48,7 +48,8 @@ def test_ats_with_equal_temperatures_is_fixed_kd(rng):
 
 @pytest.mark.parametrize("scale,classes", CASES)
 @pytest.mark.parametrize("keep_first", [True, False])
-def test_isats_target_and_statistics(rng, scale, classes, keep_first):
+@pytest.mark.parametrize("search", ["grid", "scan"])
+def test_isats_target_and_statistics(rng, scale, classes, keep_first, search):
     f, y = teacher_like(rng, scale, classes)
     policy = ISATS(
         min_temperature=0.5,
@@ -57,6 +58,7 @@ def test_isats_target_and_statistics(rng, scale, classes, keep_first):
         target_ratio=2.0,
         fallback_temperature=4.0,
         keep_target_first=keep_first,
+        search=search,
     )
     probs, student_t, stats = policy.compute_target(f, y)
     e_probs, e_tau2, _, e_fell, e_cap = ref.isats_target(f, y, 0.5, 20.0, 32, 2.0, 4.0, keep_first)

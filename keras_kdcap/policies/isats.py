@@ -11,6 +11,14 @@ from keras_kdcap import ops as kd_ops
 from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.validation import check_int_at_least, check_positive, check_range
 
+#: how the candidates are evaluated: one `[N, K, C]` tensor ("grid"), one
+#: `[N, C]` candidate at a time ("scan"), or chosen from the sizes ("auto").
+SEARCHES = ("auto", "grid", "scan")
+#: "auto" scans when the grid tensor would hold more floats than this (128 MiB
+#: of float32), counting an unknown number of rows as `_ASSUMED_ROWS`.
+SCAN_ELEMENTS = 2**25
+_ASSUMED_ROWS = 256
+
 
 def temperature_grid(min_temperature: float, max_temperature: float, num_candidates: int):
     """Log-spaced candidate temperatures, both ends included.
@@ -55,6 +63,77 @@ def _log_variance_at(logits, labels, temperatures):
     return _log_variance(scaled, labels)
 
 
+def _candidate_log_variance(logits, mask, target, temperature):
+    """`log v(q(x; tau))` of one candidate per row, `[N]`, from `[N, C]` temporaries.
+
+    The formula of `_log_variance` written for one candidate so that no more
+    than a few `[N, C]` tensors are alive at once (eager torch included):
+    with `m` the largest non-target entry of `s = f / tau`, `r = exp(s - m)`
+    off the label and `M = max(s_y, m)`, the log-partition is
+    `L = M + log(exp(m - M) sum r + exp(s_y - M))`.
+
+    Args:
+        logits: float32 `[N, C]`.
+        mask: bool `[N, C]`, true at the label.
+        target: float32 `[N]`, the label's logit.
+        temperature: a scalar or `[N]` candidate.
+    """
+    per_row = len(temperature.shape) == 1
+    scaled = logits / (ops.expand_dims(temperature, -1) if per_row else temperature)
+    top = ops.max(ops.where(mask, -float("inf"), scaled), axis=-1)
+    relative = ops.where(mask, 0.0, ops.exp(scaled - ops.expand_dims(top, -1)))
+    del scaled  # eager backends free it here
+    lead = ops.maximum(target / temperature - top, 0.0)
+    total = ops.sum(relative, axis=-1)
+    log_total = (
+        top + lead + ops.log(ops.exp(-lead) * total + ops.exp(target / temperature - top - lead))
+    )
+    count = float(logits.shape[-1] - 1)
+    centred = ops.where(mask, 0.0, relative - ops.expand_dims(total / count, -1))
+    del relative
+    variance = ops.sum(centred * centred, axis=-1) / count
+    return 2.0 * (top - log_total) + ops.log(variance)
+
+
+def _scan_argmax(logits, labels, temperatures):
+    """Grid arg-max of `log v` with a running maximum over the candidates.
+
+    Peak memory is a few `[N, C]` tensors whatever K (`fori_loop`: one
+    candidate per iteration). Ties keep the first candidate, as `argmax`.
+
+    Args:
+        logits: float32 `[N, C]`.
+        labels: int32 `[N]`.
+        temperatures: `[K]` shared or `[N, K]` per-row candidates.
+
+    Returns:
+        `(index, value)`: int32 `[N]` best candidates and their `log v`.
+    """
+    mask = kd_ops.target_mask(labels, logits.shape[-1], dtype="bool")
+    target = ops.take_along_axis(logits, ops.expand_dims(labels, -1), axis=-1)[:, 0]
+    rows = ops.shape(logits)[0]
+
+    def body(k, state):
+        best_index, best_value = state
+        k = ops.cast(k, "int32")
+        value = _candidate_log_variance(logits, mask, target, ops.take(temperatures, k, axis=-1))
+        better = value > best_value
+        return (ops.where(better, k, best_index), ops.where(better, value, best_value))
+
+    start = (ops.zeros((rows,), dtype="int32"), ops.full((rows,), -float("inf")))
+    return ops.fori_loop(0, temperatures.shape[-1], body, start)
+
+
+def _scans(search: str, logits, num_candidates: int) -> bool:
+    """Whether `search` (or "auto" for these sizes) evaluates one candidate at a time."""
+    if search not in SEARCHES:
+        raise ValueError(f"`search` must be one of {SEARCHES}; got {search!r}.")
+    if search != "auto":
+        return search == "scan"
+    rows = logits.shape[0] if isinstance(logits.shape[0], int) else _ASSUMED_ROWS
+    return rows * num_candidates * logits.shape[-1] > SCAN_ELEMENTS
+
+
 def isats_temperature(
     logits,
     labels,
@@ -63,14 +142,20 @@ def isats_temperature(
     num_candidates: int = 32,
     refine: bool = False,
     refine_candidates: int = 8,
+    search: str = "auto",
 ):
     """Per-sample temperature maximising the non-target variance (ISATS).
 
-    One `[B, K, C]` evaluation over a log-spaced grid; the arg-max is taken
-    per sample. With `refine=True`, a second log-spaced grid of
-    `refine_candidates` points between the neighbours of the best grid point
-    is evaluated and the best of both grids is returned, so the variance at
-    the returned temperature is never below the grid's best.
+    The grid arg-max over `num_candidates` log-spaced temperatures, per
+    sample: "grid" evaluates them in one `[B, K, C]` tensor, "scan" one
+    `[B, C]` candidate at a time with a running arg-max (peak memory a few
+    `[B, C]` tensors whatever K, for vocabulary-sized C), "auto" scans when
+    the grid tensor would exceed `SCAN_ELEMENTS` floats. Both give the grid
+    arg-max (up to float32 rounding at near-ties). With `refine=True`, a
+    second log-spaced grid of `refine_candidates` points between the
+    neighbours of the best grid point is evaluated and the best of both
+    grids is returned, so the variance at the returned temperature is never
+    below the grid's best.
 
     Args:
         logits: `[B, C]` teacher logits.
@@ -80,14 +165,19 @@ def isats_temperature(
         num_candidates: grid size K >= 2.
         refine: whether to refine around the best grid point.
         refine_candidates: points of the refinement grid.
+        search: "auto", "grid" or "scan" (see above).
 
     Returns:
         float32 `[B]` temperatures, with `stop_gradient` applied.
     """
     logits = ops.stop_gradient(kd_ops.as_float32(logits))
+    scan = _scans(search, logits, num_candidates)
     grid = temperature_grid(min_temperature, max_temperature, num_candidates)
-    log_variance = _log_variance_at(logits, labels, grid)
-    best = ops.argmax(log_variance, axis=-1)
+    if scan:
+        best, grid_value = _scan_argmax(logits, labels, grid)
+    else:
+        log_variance = _log_variance_at(logits, labels, grid)
+        best = ops.argmax(log_variance, axis=-1)
     tau = ops.take(grid, best)
     if refine:
         step = (math.log(max_temperature) - math.log(min_temperature)) / (num_candidates - 1)
@@ -98,11 +188,14 @@ def isats_temperature(
             ops.expand_dims(log_lo, -1)
             + ops.expand_dims(log_hi - log_lo, -1) * ops.expand_dims(fractions, 0)
         )
-        local_variance = _log_variance_at(logits, labels, local)
-        local_best = ops.argmax(local_variance, axis=-1)
+        if scan:
+            local_best, local_value = _scan_argmax(logits, labels, local)
+        else:
+            local_variance = _log_variance_at(logits, labels, local)
+            local_best = ops.argmax(local_variance, axis=-1)
+            local_value = ops.max(local_variance, axis=-1)
+            grid_value = ops.max(log_variance, axis=-1)
         local_tau = ops.take_along_axis(local, ops.expand_dims(local_best, -1), axis=-1)[:, 0]
-        local_value = ops.max(local_variance, axis=-1)
-        grid_value = ops.max(log_variance, axis=-1)
         tau = ops.where(local_value > grid_value, local_tau, tau)
     return ops.stop_gradient(tau)
 
@@ -112,7 +205,8 @@ class ISATS(TemperaturePolicy):
     """Per sample, ATS at the temperature that makes non-target classes most distinct.
 
     `tau*(x) = argmax_tau v(q(x; tau))` over a log-spaced grid in
-    `[min_temperature, max_temperature]` (one `[B, K, C]` evaluation), then
+    `[min_temperature, max_temperature]` (one `[B, K, C]` evaluation, or one
+    `[B, C]` candidate at a time for large `B * K * C`: `search`), then
     ATS with `tau2 = tau*` and `tau1 = target_ratio * tau*` (or a fixed
     `target_temperature`). The choices the paper leaves open are arguments;
     docs/policies/isats.md states the defaults and why.
@@ -135,6 +229,9 @@ class ISATS(TemperaturePolicy):
             sample.
         keep_target_first: cap `tau1` per sample so the label stays ranked
             first (METHODS.md); the cap rate is reported as a metric.
+        search: "auto" (default), "grid" or "scan": how the candidates are
+            evaluated (`isats_temperature`); "scan" bounds the search's
+            memory to a few `[B, C]` tensors, for vocabulary-sized C.
         name: layer name.
     """
 
@@ -153,6 +250,7 @@ class ISATS(TemperaturePolicy):
         fallback_temperature: float = 4.0,
         student_temperature: float | None = None,
         keep_target_first: bool = True,
+        search: str = "auto",
         name: str | None = None,
         **kwargs,
     ):
@@ -175,6 +273,9 @@ class ISATS(TemperaturePolicy):
             else check_positive("student_temperature", student_temperature)
         )
         self.keep_target_first = bool(keep_target_first)
+        if search not in SEARCHES:
+            raise ValueError(f"`search` must be one of {SEARCHES}; got {search!r}.")
+        self.search_mode = search
 
     def search(self, teacher_logits, labels):
         """The per-sample variance-maximising temperature `tau*`, `[B]`."""
@@ -185,6 +286,7 @@ class ISATS(TemperaturePolicy):
             self.max_temperature,
             self.num_candidates,
             refine=self.refine,
+            search=self.search_mode,
         )
 
     def compute_target(self, teacher_logits, labels):
@@ -223,5 +325,6 @@ class ISATS(TemperaturePolicy):
             fallback_temperature=self.fallback_temperature,
             student_temperature=self.student_temperature,
             keep_target_first=self.keep_target_first,
+            search=self.search_mode,
         )
         return config
