@@ -12,10 +12,11 @@ from keras_kdcap import labels as kd_labels
 from keras_kdcap import ops as kd_ops
 from keras_kdcap import outputs as kd_outputs
 from keras_kdcap.batches import has_labels, peek
-from keras_kdcap.guards import InputGuard, TeacherSnapshot, check_fit_data
+from keras_kdcap.guards import GUARD_METRICS, InputGuard, TeacherSnapshot, check_fit_data
 from keras_kdcap.hub import check_preprocessors
 from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.policies.fixed import FixedTemperature
+from keras_kdcap.step_metrics import StepStatistics
 from keras_kdcap.validation import check_non_negative
 
 try:  # Divides by the replica count under tf.distribute; identity elsewhere.
@@ -26,10 +27,12 @@ except ImportError:  # pragma: no cover - older or newer Keras layouts
         return value
 
 
-#: metrics every Distiller reports, besides Keras's `loss`.
-BASE_METRICS = ("ce_loss", "kd_loss", "target_first")
-#: per-epoch counts of samples with bad labels or teacher logits (must stay 0).
-GUARD_METRICS = ("invalid_labels", "nonfinite_teacher")
+#: metrics every Distiller reports, besides Keras's `loss` and the `GUARD_METRICS`
+#: (per-epoch counts of samples with bad labels or teacher logits, which must stay 0).
+BASE_METRICS = ("ce_loss", "kd_loss")
+#: with `policy_metrics=True`: fraction of samples whose label tops the policy's target
+#: (then the policy's own `metric_names`).
+TARGET_FIRST = "target_first"
 #: with `alpha == 0`: fraction of samples whose label is the teacher's top class.
 PSEUDO_LABELS = "pseudo_labels"
 
@@ -137,6 +140,12 @@ def _inference_scope(distiller):
         yield
 
 
+def _per_sample(value, like):
+    """`value` as float32 `[B]` like `like` (a policy statistic may be a scalar)."""
+    value = ops.cast(value, "float32")
+    return value if len(value.shape) else ops.broadcast_to(value, ops.shape(like))
+
+
 def _output_classes(model) -> int | None:
     try:
         shape = model.output_shape
@@ -214,7 +223,8 @@ class Distiller(keras.Model):
         self.alpha = 0.1
         self.beta = 0.9
         self.temperature_scaling = True
-        self._trackers: dict[str, keras.metrics.Metric] = {}
+        self.policy_metrics = True
+        self._statistics: StepStatistics | None = None
 
     # ------------------------------------------------------------------ set-up
     def compile(
@@ -225,6 +235,7 @@ class Distiller(keras.Model):
         beta: float = 0.9,
         temperature_scaling: bool = True,
         metrics=None,
+        policy_metrics: bool = True,
         **kwargs,
     ) -> None:
         """Configures the distillation.
@@ -237,6 +248,10 @@ class Distiller(keras.Model):
             temperature_scaling: multiply the KD term by `s^2` (Hinton); False
                 reproduces the ATS code's convention.
             metrics: metrics of the student's predictions, e.g. `["accuracy"]`.
+            policy_metrics: report the statistics of the policy's target each
+                epoch: `target_first` and the policy's `metric_names` (e.g.
+                ISATS's `temperature`). False leaves them out of the step and
+                the History; `ce_loss`, `kd_loss` and the guard counts stay.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, ...). `loss` is not accepted: the
                 policy defines it.
@@ -256,17 +271,12 @@ class Distiller(keras.Model):
         self.alpha = check_non_negative("alpha", alpha)
         self.beta = check_non_negative("beta", beta)
         self.temperature_scaling = bool(temperature_scaling)
+        self.policy_metrics = bool(policy_metrics)
         self._set_tracked("policy", policy)
-        names = BASE_METRICS + tuple(policy.metric_names) + GUARD_METRICS
-        if self.alpha == 0:
-            names += (PSEUDO_LABELS,)
-        trackers = {
-            metric: (keras.metrics.Sum if metric in GUARD_METRICS else keras.metrics.Mean)(
-                name=metric
-            )
-            for metric in names
-        }
-        self._set_tracked("_trackers", trackers)
+        means = BASE_METRICS + ((PSEUDO_LABELS,) if self.alpha == 0 else ())
+        if self.policy_metrics:
+            means += (TARGET_FIRST, *policy.metric_names)
+        self._set_tracked("_statistics", StepStatistics(means, GUARD_METRICS, name="statistics"))
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def _set_tracked(self, attribute: str, value) -> None:
@@ -291,6 +301,7 @@ class Distiller(keras.Model):
                 alpha=self.alpha,
                 beta=self.beta,
                 temperature_scaling=self.temperature_scaling,
+                policy_metrics=self.policy_metrics,
             )
         return config
 
@@ -341,7 +352,8 @@ class Distiller(keras.Model):
     @property
     def metrics(self):
         tracked = list(super().metrics)
-        return tracked + [m for m in self._trackers.values() if m not in tracked]
+        extra = self._statistics
+        return tracked + ([extra] if extra is not None and extra not in tracked else [])
 
     # --------------------------------------------------------------- the loss
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -352,7 +364,8 @@ class Distiller(keras.Model):
         (the teacher's top class stands in). Samples with invalid labels or
         non-finite teacher logits contribute nothing and are counted in
         `invalid_labels` / `nonfinite_teacher`; `fit` then stops with an
-        error naming them.
+        error naming them. All statistics go to one `StepStatistics` metric:
+        one variable update per step.
         """
         if y is None and self.alpha > 0:
             raise ValueError(kd_labels.missing_labels_message(self.alpha))
@@ -376,8 +389,9 @@ class Distiller(keras.Model):
                 f"The student gives {num_classes} class(es): distillation needs C >= 2 "
                 "(a softmax over one class carries no knowledge)."
             )
-        teacher_ok = ops.all(ops.isfinite(teacher_logits), axis=-1)
-        teacher_logits = ops.where(ops.isfinite(teacher_logits), teacher_logits, 0.0)
+        finite = ops.isfinite(teacher_logits)
+        teacher_ok = ops.all(finite, axis=-1)
+        teacher_logits = ops.where(finite, teacher_logits, 0.0)
         if y is None:
             read = kd_labels.teacher_labels(teacher_logits)
         else:
@@ -396,24 +410,26 @@ class Distiller(keras.Model):
         kd, probs, stats = self.policy.kd_loss(
             teacher_logits, student_logits, labels, self.temperature_scaling
         )
+        ce_sum = ops.sum(weights * ce)
+        kd_sum = ops.sum(weights * kd)
         # divide_no_nan: a replica can get an empty last batch under tf.distribute.
-        ce_loss = ops.divide_no_nan(ops.sum(weights * ce), batch_size)
-        kd_loss = ops.divide_no_nan(ops.sum(weights * kd), batch_size)
-        total = self.alpha * ce_loss + self.beta * kd_loss
+        total = ops.divide_no_nan(self.alpha * ce_sum + self.beta * kd_sum, batch_size)
         regularization = self.student.losses
         if regularization:
             total = total + ops.sum([ops.cast(r, "float32") for r in regularization])
 
-        trackers = self._trackers
-        trackers["ce_loss"].update_state(ce_loss, sample_weight=batch_size)
-        trackers["kd_loss"].update_state(kd_loss, sample_weight=batch_size)
-        trackers["target_first"].update_state(kd_ops.label_ranked_first(probs, labels))
-        for metric in self.policy.metric_names:
-            trackers[metric].update_state(stats[metric])
-        trackers["invalid_labels"].update_state(1.0 - ops.cast(labels_ok, "float32"))
-        if PSEUDO_LABELS in trackers:
-            trackers[PSEUDO_LABELS].update_state(ops.ones_like(ce) * (1.0 if y is None else 0.0))
-        trackers["nonfinite_teacher"].update_state(1.0 - ops.cast(teacher_ok, "float32"))
+        # The batch's totals in the order of `StepStatistics.names`: the scalars
+        # stacked, the per-sample columns stacked and summed once.
+        scalars = [batch_size, ce_sum, kd_sum]
+        if self.alpha == 0:  # pseudo_labels: every sample's label is the teacher's top class
+            scalars.append(batch_size if y is None else ops.zeros_like(batch_size))
+        columns = []
+        if self.policy_metrics:
+            columns.append(kd_ops.label_ranked_first(probs, labels))
+            columns += [_per_sample(stats[name], ce) for name in self.policy.metric_names]
+        columns += [1.0 - ops.cast(labels_ok, "float32"), 1.0 - ops.cast(teacher_ok, "float32")]
+        column_sums = ops.sum(ops.stack(columns, axis=-1), axis=0)
+        self._statistics.update_state(ops.concatenate([ops.stack(scalars), column_sums]))
         return scale_loss_for_distribution(total)
 
     # ------------------------------------------------------------- training

@@ -9,6 +9,11 @@ import warnings
 import keras
 import numpy as np
 
+#: per-epoch counts the Distiller reports (one vector metric) and `InputGuard` reads.
+INVALID_LABELS = "invalid_labels"
+NONFINITE_TEACHER = "nonfinite_teacher"
+GUARD_METRICS = (INVALID_LABELS, NONFINITE_TEACHER)
+
 
 def _is_tf_dataset(x) -> bool:
     tf = sys.modules.get("tensorflow")
@@ -106,7 +111,7 @@ class InputGuard(keras.callbacks.Callback):
 
     def _check(self, logs) -> None:
         logs = logs or {}
-        invalid = float(logs.get("invalid_labels", 0.0))
+        invalid = float(logs.get(INVALID_LABELS, 0.0))
         if invalid > 0:
             raise ValueError(
                 f"{int(invalid)} sample(s) have invalid labels: labels outside [0, C) (C = the "
@@ -114,7 +119,7 @@ class InputGuard(keras.callbacks.Callback):
                 "probability vectors (a negative or NaN/inf entry, or a sum other than 1): fix "
                 "the labels of the dataset passed as `x`/`y`."
             )
-        nonfinite = float(logs.get("nonfinite_teacher", 0.0))
+        nonfinite = float(logs.get(NONFINITE_TEACHER, 0.0))
         if nonfinite > 0 and getattr(self.model, "teacher_outputs", "logits") == "probabilities":
             raise ValueError(
                 f"The teacher gave a probability of exactly 0 (or NaN/inf) for {int(nonfinite)} "
