@@ -11,6 +11,7 @@ from keras import ops
 from keras_kdcap import labels as kd_labels
 from keras_kdcap import ops as kd_ops
 from keras_kdcap import outputs as kd_outputs
+from keras_kdcap import sequence as kd_sequence
 from keras_kdcap.batches import has_labels, peek
 from keras_kdcap.guards import GUARD_METRICS, InputGuard, TeacherSnapshot, check_fit_data
 from keras_kdcap.hub import check_preprocessors
@@ -146,6 +147,15 @@ def _per_sample(value, like):
     return value if len(value.shape) else ops.broadcast_to(value, ops.shape(like))
 
 
+def _output_rank(model) -> int | None:
+    """The rank of `model.output_shape` (2 for `[B, C]`, 3 for tokens), None when unknown."""
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    return len(shape) if isinstance(shape, tuple) else None
+
+
 def _output_classes(model) -> int | None:
     try:
         shape = model.output_shape
@@ -166,8 +176,10 @@ class Distiller(keras.Model):
     `fit`. `call`, `predict` and the compiled metrics are the student's;
     `distiller.student` is the model to export.
 
-    Both models must give one `[B, C]` tensor: a backbone (feature maps), a
-    dict or a tuple of outputs is refused, naming the model. Their outputs
+    Both models must give one `[B, C]` tensor, or both one `[B, T, C]`
+    tensor of token logits (keras_kdcap.sequence, docs/token_level.md): a
+    backbone (feature maps), a dict or a tuple of outputs is refused,
+    naming the model. Their outputs
     are checked on the first batch of `fit`/`evaluate`: rows that are
     non-negative and sum to 1 (a final softmax) are refused unless declared.
 
@@ -366,6 +378,11 @@ class Distiller(keras.Model):
         `invalid_labels` / `nonfinite_teacher`; `fit` then stops with an
         error naming them. All statistics go to one `StepStatistics` metric:
         one variable update per step.
+
+        Token logits `[B, T, C]` are `B * T` rows of the same computation
+        (keras_kdcap.sequence): the mask is `sample_weight` times the
+        `padding_mask` of dict inputs, and the terms are averaged over the
+        tokens it keeps (`sum(w * loss) / #{w != 0}`, 0 for none).
         """
         if y is None and self.alpha > 0:
             raise ValueError(kd_labels.missing_labels_message(self.alpha))
@@ -389,6 +406,14 @@ class Distiller(keras.Model):
                 f"The student gives {num_classes} class(es): distillation needs C >= 2 "
                 "(a softmax over one class carries no knowledge)."
             )
+        token_mask = None
+        if len(student_logits.shape) == 3 or len(teacher_logits.shape) == 3:
+            # [B, T, C]: every token is a row of the [B, C] path (keras_kdcap.sequence)
+            tokens = kd_sequence.flatten_tokens(
+                student_logits, teacher_logits, y, sample_weight, kd_sequence.padding_mask(x)
+            )
+            student_logits, teacher_logits, y = tokens[:3]
+            sample_weight, token_mask = tokens.weights, tokens.mask
         finite = ops.isfinite(teacher_logits)
         teacher_ok = ops.all(finite, axis=-1)
         teacher_logits = ops.where(finite, teacher_logits, 0.0)
@@ -405,6 +430,8 @@ class Distiller(keras.Model):
             sample_weight = kd_ops.as_float32(sample_weight)
             weights = weights * ops.reshape(sample_weight, (-1,))
         batch_size = ops.cast(ops.shape(student_logits)[0], "float32")
+        if token_mask is not None:  # tokens: averaged over those the mask keeps
+            batch_size = tokens.count
 
         ce = kd_labels.cross_entropy(read, student_logits)
         kd, probs, stats = self.policy.kd_loss(
@@ -428,6 +455,8 @@ class Distiller(keras.Model):
             columns.append(kd_ops.label_ranked_first(probs, labels))
             columns += [_per_sample(stats[name], ce) for name in self.policy.metric_names]
         columns += [1.0 - ops.cast(labels_ok, "float32"), 1.0 - ops.cast(teacher_ok, "float32")]
+        if token_mask is not None:  # masked tokens (padding, label -100) count nowhere
+            columns = [column * token_mask for column in columns]
         column_sums = ops.sum(ops.stack(columns, axis=-1), axis=0)
         self._statistics.update_state(ops.concatenate([ops.stack(scalars), column_sums]))
         return scale_loss_for_distribution(total)
@@ -472,7 +501,8 @@ class Distiller(keras.Model):
         check_preprocessors(self.teacher, self.student, x, "x")
         val = kwargs.get("validation_data")
         check_preprocessors(self.teacher, self.student, val, "validation_data")
-        check_fit_data(x, y, _output_classes(self.student), argument="x")
+        student = self.student
+        check_fit_data(x, y, _output_classes(student), "x", output_rank=_output_rank(student))
         x = self._check_inputs(x, y, args, kwargs)
         with TeacherSnapshot(self):
             return super().fit(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
@@ -484,7 +514,8 @@ class Distiller(keras.Model):
             return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
         self._check_compiled()
         check_preprocessors(self.teacher, self.student, x, "x")
-        check_fit_data(x, y, _output_classes(self.student), argument="x")
+        student = self.student
+        check_fit_data(x, y, _output_classes(student), "x", output_rank=_output_rank(student))
         x = self._check_inputs(x, y, args, kwargs)
         with TeacherSnapshot(self):
             return super().evaluate(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
@@ -518,17 +549,23 @@ class Distiller(keras.Model):
             if labelled is False:
                 raise ValueError(kd_labels.missing_labels_message(self.alpha, "validation_data"))
         if first is not None and not self._outputs_checked:
-            self._check_outputs(first[0])
+            self._check_outputs(first[0], first[1])
         return x
 
-    def _check_outputs(self, inputs) -> None:
-        """Runs both models on one batch (inference mode) and checks their outputs."""
+    def _check_outputs(self, inputs, labels=None) -> None:
+        """Runs both models on one batch (inference mode) and checks their outputs.
+
+        Token logits `[B, T, C]` need labels per token (`sequence.check_labels`).
+        """
         inputs, cached = split_cached(inputs)
         with _inference_scope(self):
             teacher = self.teacher(inputs, training=False) if cached is None else cached
             student = self.student(inputs, training=False)
         kd_outputs.check_values("teacher", self.teacher, teacher, self.teacher_outputs)
         kd_outputs.check_values("student", self.student, student)
+        kd_sequence.check_logits(student, teacher)
+        if len(student.shape) == 3:
+            kd_sequence.check_labels(labels, student)
         if teacher.shape[-1] != student.shape[-1]:
             raise ValueError(
                 f"`teacher` gives {teacher.shape[-1]} classes but `student` gives "

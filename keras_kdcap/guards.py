@@ -20,7 +20,9 @@ def _is_tf_dataset(x) -> bool:
     return tf is not None and isinstance(x, tf.data.Dataset)
 
 
-def check_fit_data(x, y, num_classes: int | None, argument: str = "x") -> None:
+def check_fit_data(
+    x, y, num_classes: int | None, argument: str = "x", output_rank: int | None = 2
+) -> None:
     """Checks in-memory inputs before the first training step.
 
     Args:
@@ -28,6 +30,11 @@ def check_fit_data(x, y, num_classes: int | None, argument: str = "x") -> None:
         y: what was passed as `y` (None for datasets of pairs).
         num_classes: the student's class count, if known.
         argument: the argument name used in messages.
+        output_rank: the rank of the student's output: 2 (`[B, C]`), 3
+            (`[B, T, C]` token logits: `y` is checked for its layout only,
+            since masked tokens may hold any label, e.g. -100; the step's
+            guard checks the tokens the mask keeps) or None when unknown
+            (label layouts of either kind pass, the first batch decides).
 
     Raises:
         ValueError: empty data, or labels outside `[0, num_classes)`, or a
@@ -57,6 +64,12 @@ def check_fit_data(x, y, num_classes: int | None, argument: str = "x") -> None:
         raise ValueError("`y` is empty: there is nothing to train on.")
     if num_classes is None:
         return
+    if output_rank == 3:
+        _check_token_layout(labels, num_classes)
+        return
+    per_sample = labels.ndim == 1 or (labels.ndim == 2 and labels.shape[1] in (1, num_classes))
+    if output_rank is None and labels.ndim in (2, 3) and not per_sample:
+        return  # token labels of a model whose output rank is known only once called
     if labels.ndim == 2 and labels.shape[1] == num_classes and num_classes > 1:
         _check_label_rows(labels)
         return
@@ -76,6 +89,17 @@ def check_fit_data(x, y, num_classes: int | None, argument: str = "x") -> None:
             f"({int(bad.sum())} of {labels.size}). Labels must be class indices of the "
             "teacher's and student's outputs."
         )
+
+
+def _check_token_layout(labels: np.ndarray, num_classes: int) -> None:
+    """Raises unless `labels` is `[N, T]`, `[N, T, 1]` or `[N, T, C]` (token labels)."""
+    if labels.ndim == 2 or (labels.ndim == 3 and labels.shape[2] in (1, num_classes)):
+        return
+    raise ValueError(
+        f"The student gives [batch, tokens, classes] logits, so `y` must hold a label per "
+        f"token: class indices [N, T] or label rows [N, T, {num_classes}]; got shape "
+        f"{labels.shape}."
+    )
 
 
 def _check_label_rows(labels: np.ndarray) -> None:
@@ -117,7 +141,9 @@ class InputGuard(keras.callbacks.Callback):
                 f"{int(invalid)} sample(s) have invalid labels: labels outside [0, C) (C = the "
                 "teacher's and student's class count), or [B, C] label rows that are not "
                 "probability vectors (a negative or NaN/inf entry, or a sum other than 1): fix "
-                "the labels of the dataset passed as `x`/`y`."
+                "the labels of the dataset passed as `x`/`y`. Token labels (a [B, T, C] "
+                "student) count only where unmasked: give padding tokens (e.g. label -100) a "
+                "zero `sample_weight` or a false `padding_mask` entry."
             )
         nonfinite = float(logs.get(NONFINITE_TEACHER, 0.0))
         if nonfinite > 0 and getattr(self.model, "teacher_outputs", "logits") == "probabilities":

@@ -1,11 +1,16 @@
 """The teacher's and student's outputs: one `[batch, classes]` tensor of logits.
 
-Checked when the Distiller is built (from the models' output shapes, when
-known) and on the first batch of `fit`/`evaluate` (the values): a model
-whose output is not one rank-2 tensor (a backbone's feature map, a dict or
-tuple of outputs) is refused, and so is one whose rows are non-negative and
-sum to 1 (a final softmax), unless the teacher is declared with
-`teacher_outputs="probabilities"`.
+Or one `[batch, tokens, classes]` tensor for token-level distillation
+(keras_kdcap.sequence). Checked when the Distiller is built (from the
+models' output shapes, when known) and on the first batch of
+`fit`/`evaluate` (the values): a model whose output is not one rank-2 or
+rank-3 tensor (a backbone's `[B, H, W, C]` feature map, a dict or tuple of
+outputs) is refused, and so is one whose rows are non-negative and sum to 1
+(a final softmax), unless the teacher is declared with
+`teacher_outputs="probabilities"`. A rank-3 output is taken as token logits:
+with labels, they must be one per token (`[B, T]` or `[B, T, C]`), so a
+sequence backbone's `[B, T, D]` features meet per-sample labels and are
+refused on the first batch (`sequence.check_labels`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from keras_kdcap import ops as kd_ops
 OUTPUT_KINDS = ("logits", "probabilities")
 
 _EXPECTED = (
-    "the Distiller needs one [batch, classes] tensor of logits. Pass the classifier (a "
+    "the Distiller needs one [batch, classes] tensor of logits (or [batch, tokens, classes] "
+    "for token-level distillation). Pass the classifier (a "
     "backbone needs a pooling layer and a `Dense(num_classes)` head), not a backbone or "
     "feature extractor, and wrap a model with several outputs so that it returns only "
     "the class logits."
@@ -56,7 +62,7 @@ def _who(role: str, model) -> str:
 
 
 def check_structure(role: str, model, outputs) -> None:
-    """Raises unless `outputs` is one rank-2 tensor.
+    """Raises unless `outputs` is one rank-2 (`[B, C]`) or rank-3 (`[B, T, C]`) tensor.
 
     Args:
         role: "teacher" or "student", used in the message.
@@ -65,7 +71,7 @@ def check_structure(role: str, model, outputs) -> None:
     """
     if keras.tree.is_nested(outputs) or not hasattr(outputs, "shape"):
         raise ValueError(f"{_who(role, model)} outputs {describe(outputs)}: {_EXPECTED}")
-    if len(outputs.shape) != 2:
+    if len(outputs.shape) not in (2, 3):
         raise ValueError(f"{_who(role, model)} outputs {describe(outputs)}: {_EXPECTED}")
 
 

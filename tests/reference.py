@@ -171,3 +171,41 @@ def soft_label_class(targets) -> np.ndarray:
 def teacher_stand_in_labels(f) -> np.ndarray:
     """Unlabelled data: the teacher's top class stands in for the label."""
     return np.argmax(np.asarray(f, np.float64), axis=-1)
+
+
+# ------------------------------------------------------------ token level (issue 16)
+def standardize(z, ddof: int = 0, eps: float = 1e-7) -> np.ndarray:
+    """Row z-scores `(z - mean) / (std + eps)`, population std for `ddof=0`."""
+    z = np.asarray(z, np.float64)
+    centred = z - z.mean(axis=-1, keepdims=True)
+    std = np.sqrt((centred**2).sum(axis=-1, keepdims=True) / (z.shape[-1] - ddof))
+    return centred / (std + eps)
+
+
+def gradient_cosine(t, g, y, s) -> np.ndarray:
+    """Cosine between softmax(g) - onehot(y) and softmax(g / s) - t, per sample (SCKD)."""
+    g = np.asarray(g, np.float64)
+    grad_ce = softmax(g) - np.eye(g.shape[-1])[y]
+    grad_kd = tempered_softmax(g, s) - np.asarray(t, np.float64)
+    norms = np.linalg.norm(grad_ce, axis=-1) * np.linalg.norm(grad_kd, axis=-1)
+    return np.sum(grad_ce * grad_kd, axis=-1) / np.maximum(norms, 1e-300)
+
+
+def token_rows(a) -> np.ndarray:
+    """`[B, T, ...]` as `[B * T, ...]`: every token a row."""
+    a = np.asarray(a)
+    return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
+
+
+def token_mean(per_token, weights) -> float:
+    """`sum(w * loss) / #{w != 0}` over `[B * T]` tokens; 0 when no token counts.
+
+    Args:
+        per_token: the loss of each counted token (`[#{w != 0}]`, in row order).
+        weights: `[B, T]` token weights (sample weight times padding mask).
+    """
+    w = token_rows(np.asarray(weights, np.float64))
+    kept = w[w != 0]
+    if kept.size == 0:
+        return 0.0
+    return float(np.sum(kept * np.asarray(per_token, np.float64)) / kept.size)
