@@ -1540,6 +1540,32 @@ def resume_state(cfg: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _untuned_twin(
+    method: str,
+    settings: dict[str, Any],
+    cfg: dict[str, Any],
+    role: str,
+    seed: int,
+    runs: list[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """The finished run of the untuned method when tuning chose its very settings.
+
+    `kd_tuned` at the `--temperature` of `kd` (or `ats_tuned` at the official
+    tau1 4, tau2 2) is the same run as `kd` (`ats`): same teacher, seed and
+    settings give the same numbers, so that run is reused, not repeated.
+    """
+    same = {
+        "kd_tuned": ("kd", settings.get("kd_temperature") == cfg["temperature"]),
+        "ats_tuned": ("ats", settings.get("ats") == [4.0, 2.0]),
+    }
+    twin, identical = same.get(method, (None, False))
+    if not identical:
+        return None
+    return next(
+        (r for r in runs if (r["teacher"], r["method"], r["seed"]) == (role, twin, seed)), None
+    )
+
+
 def student_folder(
     cfg: dict[str, Any], role: str | None, method: str, seed: int, settings: Any
 ) -> Path:
@@ -1664,6 +1690,17 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
                         timings[key] = timings.get(key, 0.0) + time.perf_counter() - phase
                         _common.write_json(cfg["output"], assemble(complete=False))
                     settings = tuned[method][role]["choice"]
+                    twin = _untuned_twin(method, settings, cfg, role, seed, runs)
+                    if twin is not None:  # the same settings, seed and teacher: the same run
+                        runs.append({**twin, "method": method, "same_run_as": twin["method"]})
+                        done.add((role, method, seed))
+                        print(
+                            f"[student seed {seed}] {method} <- {role}: tuned to the "
+                            f"{twin['method']} settings, its run reused",
+                            flush=True,
+                        )
+                        _common.write_json(cfg["output"], assemble(complete=False))
+                        continue
                 cached, logits_seconds = store.get(role if method != "ce" else None, seed)
                 label = f"{method}" + (f" <- {role}" if role else "")
                 print(f"[student seed {seed}] {label}", flush=True)

@@ -422,6 +422,12 @@ def test_capacity_mismatch_tuned_kd_and_resume(capacity, tmp_path, one_thread):
     ]
     assert tuning["choice"] == {"kd_temperature": [2.0, 4.0][int(np.argmax(means))]}
     assert "small" not in first["tuned_methods"]["kd_tuned"]  # --small_methods=kd
+    kd = {r["seed"]: r for r in first["runs"] if (r["teacher"], r["method"]) == ("large", "kd")}
+    for run in (r for r in first["runs"] if r["method"] == "kd_tuned"):
+        if tuning["choice"]["kd_temperature"] == 4.0:  # kd's own T: its run is reused
+            assert run["same_run_as"] == "kd" and run["accuracy"] == kd[run["seed"]]["accuracy"]
+        else:
+            assert "same_run_as" not in run
     assert {(r["teacher"], r["method"]) for r in first["table"]} == {
         ("small", "kd"),
         ("large", "kd"),
