@@ -64,7 +64,7 @@ def test_a_compiled_distiller_updates_one_statistics_variable(teacher, data, pol
     )
     history = distiller.fit(x, y, batch_size=16, epochs=1, verbose=0).history
     # Keras's loss tracker, the compiled metrics, and one vector for everything of ours
-    # (before: a Mean or Sum per statistic, 7 trackers and 12 variables with ISATS).
+    # (before: a Mean or Sum per statistic, with ISATS 8 trackers and 14 variables).
     assert [m.name for m in distiller.metrics] == ["loss", "compile_metrics", "statistics"]
     assert len(distiller.metrics_variables) == 2 + 2 + 1  # loss, accuracy, statistics
     statistics = distiller.metrics[-1]
