@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import to_numpy
+from interrupt import PreemptAfterEpoch, PreemptedError
 
 from keras_kdcap import CTKD, FGCR, ISATS, CorruptFileError, Distiller, files
 from keras_kdcap.training.backup import STATE_NAME, VerifiedBackupAndRestore, weights_name
@@ -31,22 +32,6 @@ from keras_kdcap.training.backup import STATE_NAME, VerifiedBackupAndRestore, we
 CLASSES = 3
 FEATURES = 5
 EPOCHS = 3
-
-
-class PreemptedError(RuntimeError):
-    """The simulated interruption."""
-
-
-class PreemptAfterEpoch(keras.callbacks.Callback):
-    """Raises `PreemptedError` at the end of `epoch`, after the callbacks before it."""
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise PreemptedError(f"simulated preemption after epoch {epoch}")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import to_numpy
+from interrupt import PreemptAfterEpoch, PreemptedError
 
 from keras_kdcap import FGCR, ISATS, Distiller
 
@@ -21,22 +22,6 @@ CLASSES = 4
 FEATURES = 6
 EPOCHS = 3
 INTERRUPT_AFTER = 1  # the 0-based epoch at whose end the run is stopped
-
-
-class PreemptedError(RuntimeError):
-    """The simulated interruption."""
-
-
-class PreemptAfterEpoch(keras.callbacks.Callback):
-    """Raises `PreemptedError` at the end of `epoch` (after the backup is written)."""
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise PreemptedError(f"simulated preemption after epoch {epoch}")
 
 
 @pytest.fixture
