@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from helpers import to_numpy
 from interrupt import PreemptAfterEpoch, PreemptedError
+from interrupt import training_state as _state
 
 from keras_kdcap import CTKD, FGCR, ISATS, CorruptFileError, Distiller, files
 from keras_kdcap.training.backup import STATE_NAME, VerifiedBackupAndRestore, weights_name
@@ -90,19 +91,6 @@ def _fit(distiller: Distiller, data, callbacks) -> keras.callbacks.History:
         verbose=0,
         callbacks=callbacks,
     )
-
-
-def _state(distiller: Distiller) -> dict[str, np.ndarray]:
-    groups = {
-        "student": distiller.student.weights,
-        "optimizer": distiller.optimizer.variables,
-        "policy": distiller.policy.weights,
-    }
-    return {
-        f"{group}/{i}": to_numpy(v)
-        for group, variables in groups.items()
-        for i, v in enumerate(variables)
-    }
 
 
 def _assert_same_state(actual: Distiller, expected: Distiller) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from helpers import to_numpy
 from interrupt import PreemptAfterEpoch, PreemptedError
+from interrupt import training_state as state
 
 from keras_kdcap import FGCR, ISATS, Distiller
 
@@ -66,20 +67,6 @@ def fit(distiller: Distiller, data, callbacks) -> keras.callbacks.History:
     return distiller.fit(
         x, y, batch_size=8, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=callbacks
     )
-
-
-def state(distiller: Distiller) -> dict[str, np.ndarray]:
-    """Every variable that training changes or reads: weights, optimizer, policy."""
-    groups = {
-        "student": distiller.student.weights,
-        "optimizer": distiller.optimizer.variables,
-        "policy": distiller.policy.weights,
-    }
-    return {
-        f"{group}/{i}": to_numpy(v)
-        for group, variables in groups.items()
-        for i, v in enumerate(variables)
-    }
 
 
 @pytest.mark.parametrize(
