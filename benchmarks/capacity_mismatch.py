@@ -1667,6 +1667,12 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
             "load_average_end": _common.load_average(),
         }
 
+    def finish(run: dict[str, Any]) -> None:
+        """Records a finished run; the results file after every run lets a cut run resume."""
+        runs.append(run)
+        done.add((run["teacher"], run["method"], run["seed"]))
+        _common.write_json(cfg["output"], assemble(complete=False))
+
     store = LogitsStore(teachers, data, cfg)
     if cfg["tune"] and not cfg["teachers_only"]:
         if tuning is None:
@@ -1692,14 +1698,12 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
                     settings = tuned[method][role]["choice"]
                     twin = _untuned_twin(method, settings, cfg, role, seed, runs)
                     if twin is not None:  # the same settings, seed and teacher: the same run
-                        runs.append({**twin, "method": method, "same_run_as": twin["method"]})
-                        done.add((role, method, seed))
                         print(
                             f"[student seed {seed}] {method} <- {role}: tuned to the "
                             f"{twin['method']} settings, its run reused",
                             flush=True,
                         )
-                        _common.write_json(cfg["output"], assemble(complete=False))
+                        finish({**twin, "method": method, "same_run_as": twin["method"]})
                         continue
                 cached, logits_seconds = store.get(role if method != "ce" else None, seed)
                 label = f"{method}" + (f" <- {role}" if role else "")
@@ -1724,15 +1728,12 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
                 )
                 run["teacher"] = role
                 run["logits_seconds"] = logits_seconds
-                runs.append(run)
-                done.add((role, method, seed))
                 print(
                     f"    test last {100 * run['test_last']:.2f}  best "
                     f"{100 * run['test_best']:.2f}  ({run['seconds']:.0f} s)",
                     flush=True,
                 )
-                # a partial record after every run: a run cut short resumes from it
-                _common.write_json(cfg["output"], assemble(complete=False))
+                finish(run)
                 progress.clear()
     results = assemble(complete=True)
     text = tables(results)
