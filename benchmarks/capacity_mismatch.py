@@ -22,6 +22,9 @@ Protocol:
    (class-mean relations from the training set, w 0.5, T 4), `isats`
    (the paper's method, settings from flags or `--tune`) for the small and
    the large teacher, and `regt_kd` (KD from the RegT-trained large teacher).
+   Tuned per teacher on the validation split: `kd_tuned` (by default),
+   `ats_tuned` and `isats_margin` (ISATS with `target_margin=kappa`; both on
+   request), from `--tune_kd_temperatures`, `--tune_ats`, `--tune_isats_margins`.
    Teacher logits of every augmented epoch are computed once per
    (teacher, seed) and reused by all methods (`--teacher_logits`).
 4. `--tune`: ISATS settings (target_ratio, fallback, search grid, student
@@ -95,16 +98,26 @@ DEFAULT_DATA_DIR = os.environ.get("KDCAP_CIFAR100_DIR") or str(
 DEFAULT_CACHE_DIR = str(_common.REPO / "runs" / "capacity_mismatch")
 #: the policies of keras_kdcap.policies.get_policy_names() beyond these run by name too
 #: (dkd, ls, ctkd, sckd: their defaults, alpha 0.1 / beta 0.9, DKD alpha = beta = 1).
-METHODS = ("ce", "kd", "kd_tuned", "ats", "ats_tuned", "fgcr", "isats", "regt_kd")
-#: the default `--methods` (ats_tuned on request).
+METHODS = (
+    "ce",
+    "kd",
+    "kd_tuned",
+    "ats",
+    "ats_tuned",
+    "fgcr",
+    "isats",
+    "isats_margin",
+    "regt_kd",
+)
+#: the default `--methods` (ats_tuned and isats_margin on request).
 DEFAULT_METHODS = ("ce", "kd", "kd_tuned", "ats", "fgcr", "isats", "regt_kd")
 EXTRA_METHODS = tuple(n for n in get_policy_names() if n not in METHODS)
 #: methods distilled from both the small and the large teacher.
-TEACHER_METHODS = ("kd", "kd_tuned", "ats", "ats_tuned", "fgcr", "isats")
+TEACHER_METHODS = ("kd", "kd_tuned", "ats", "ats_tuned", "fgcr", "isats", "isats_margin")
 #: methods whose settings are chosen per teacher on the validation split.
-TUNED_METHODS = ("kd_tuned", "ats_tuned")
+TUNED_METHODS = ("kd_tuned", "ats_tuned", "isats_margin")
 #: the key of each tuned method's choice in a teacher's tuned settings.
-TUNED_KEYS = {"kd_tuned": "kd_temperature", "ats_tuned": "ats"}
+TUNED_KEYS = {"kd_tuned": "kd_temperature", "ats_tuned": "ats", "isats_margin": "target_margin"}
 #: the smallest Spearman rank agreement with the small teacher that counts as
 #: "ranks the non-target classes alike" (the paper reports mostly > 0.85).
 SPEARMAN_MIN = 0.75
@@ -126,6 +139,10 @@ RESUME_IGNORED = (
     "data_dir",
     "resume",
 )
+#: settings added after results files were written: left out of the resume key
+#: (and of `student_folder`'s) while at these defaults, so that those files
+#: still resume and their students' folders keep their names.
+RESUME_NEW_DEFAULTS = {"tune_isats_margins": [0.0, 0.25, 0.5]}
 # `large_regt` and `large_flat` are the large model trained with RegT / label smoothing
 ROLE_SEEDS = {"small": 1, "large": 2, "large_regt": 3, "large_flat": 4}
 TEACHER_ROLES = ("small", "large", "large_flat")
@@ -295,6 +312,13 @@ flags.DEFINE_string(
     "tune_ats",
     "4:2,3:2,2:1,6:4,8:4,2:2",
     "ats_tuned: the (tau1:tau2) pairs tried on the validation split (per teacher).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "tune_isats_margins",
+    "0,0.25,0.5",
+    "isats_margin: the ISATS target margins kappa in [0, 1] tried on the validation split "
+    "(per teacher; ISATS(target_margin=kappa) with the run's ISATS settings).",
     flag_values=FLAGS,
 )
 flags.DEFINE_enum(
@@ -665,7 +689,8 @@ def method_setup(
         cfg: the configuration.
         isats: ISATS settings (`target_ratio`, `fallback`, `grid`).
         tuned: the validation-chosen settings of this teacher's tuned methods:
-            `kd_temperature` (kd_tuned) and `ats` (`[tau1, tau2]`, ats_tuned).
+            `kd_temperature` (kd_tuned), `ats` (`[tau1, tau2]`, ats_tuned) and
+            `target_margin` (kappa, isats_margin).
 
     Returns:
         `{"policy", "alpha", "beta", "temperature_scaling", "description"}`.
@@ -702,6 +727,23 @@ def method_setup(
             "beta": 0.9,
             "temperature_scaling": True,
             "description": f"w {cfg['fgcr_weight']}, T={t}, class-mean relations",
+        }
+    if method == "isats_margin":
+        student_t = isats.get("student_temperature", "tau")
+        kappa = tuned["target_margin"]
+        return {
+            "policy": ISATS(
+                target_margin=kappa,
+                fallback_temperature=isats["fallback"],
+                student_temperature=None if student_t == "tau" else student_t,
+                **parse_grid(isats["grid"]),
+            ),
+            "alpha": 0.1,
+            "beta": 0.9,
+            "temperature_scaling": True,
+            "description": f"target margin kappa {kappa:g} (tuned on validation), "
+            f"fallback {isats['fallback']}, grid {isats['grid']}, student T = "
+            f"{'tau*' if student_t == 'tau' else student_t}, alpha 0.1, beta 0.9",
         }
     if method == "isats":
         student_t = isats.get("student_temperature", "tau")
@@ -1056,7 +1098,7 @@ def tuning_candidates(method: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The settings a tuned method tries, each as `method_setup`'s `tuned` dict.
 
     Args:
-        method: `kd_tuned` or `ats_tuned`.
+        method: `kd_tuned`, `ats_tuned` or `isats_margin`.
         cfg: the configuration.
 
     Returns:
@@ -1064,6 +1106,8 @@ def tuning_candidates(method: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """
     if method == "kd_tuned":
         return [{"kd_temperature": t} for t in cfg["tune_kd_temperatures"]]
+    if method == "isats_margin":
+        return [{"target_margin": kappa} for kappa in cfg["tune_isats_margins"]]
     return [{"ats": list(pair)} for pair in cfg["tune_ats"]]
 
 
@@ -1104,12 +1148,13 @@ def tune_method(
     """Chooses a tuned method's setting for one teacher on the validation split.
 
     Args:
-        method: `kd_tuned` or `ats_tuned`.
+        method: `kd_tuned`, `ats_tuned` or `isats_margin`.
         role: the teacher's role.
         data: the data (its validation split must not be empty).
         store: cached teacher logits.
         cfg: the configuration (`tune_seeds`, the candidates).
-        isats: unused by these methods (passed through).
+        isats: the run's ISATS settings (isats_margin's search, fallback and
+            student temperature; unused by the others).
 
     Returns:
         `{"method", "teacher", "criterion", "trials", "choice", "val_last_mean"}`:
@@ -1587,7 +1632,12 @@ def student_folder(
 
 
 def _resume_key(cfg: dict[str, Any]) -> str:
-    kept = {k: v for k, v in cfg.items() if k not in RESUME_IGNORED}
+    kept = {
+        k: v
+        for k, v in cfg.items()
+        if k not in RESUME_IGNORED
+        and not (k in RESUME_NEW_DEFAULTS and _common.jsonable(v) == RESUME_NEW_DEFAULTS[k])
+    }
     return json.dumps(_common.jsonable(kept), sort_keys=True)
 
 
@@ -1709,11 +1759,11 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
                 label = f"{method}" + (f" <- {role}" if role else "")
                 print(f"[student seed {seed}] {label}", flush=True)
                 splits = ("val", "test") if data.sizes()["val"] else ("test",)
-                progress = StudentProgress(
-                    student_folder(
-                        cfg, role, method, seed, isats if method == "isats" else settings
-                    )
-                )
+                folder_settings = {
+                    "isats": isats,
+                    "isats_margin": {**isats, **(settings or {})},
+                }.get(method, settings)
+                progress = StudentProgress(student_folder(cfg, role, method, seed, folder_settings))
                 run = train_student(
                     method,
                     teachers.get(role),
@@ -1862,6 +1912,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "tune_seeds": _ints(FLAGS.tune_seeds, "tune_seeds"),
         "tune_kd_temperatures": _floats(FLAGS.tune_kd_temperatures, "tune_kd_temperatures"),
         "tune_ats": _pairs(FLAGS.tune_ats, "tune_ats"),
+        "tune_isats_margins": _floats(FLAGS.tune_isats_margins, "tune_isats_margins"),
         "teacher_logits": FLAGS.teacher_logits,
         "logits_cache_mb": FLAGS.logits_cache_mb,
         "jit_compile": {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
@@ -1889,6 +1940,11 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         values = np.asarray(cfg[name], dtype=float)
         if values.size == 0 or not np.all(values > 0):
             raise app.UsageError(f"--{name} needs at least one value, all > 0.")
+    margins = cfg["tune_isats_margins"]
+    if not margins or not all(0.0 <= kappa <= 1.0 for kappa in margins):
+        raise app.UsageError(
+            f"--tune_isats_margins needs at least one value, all in [0, 1]; got {margins}."
+        )
     unknown = [r for r in cfg["teacher_roles"] if r not in TEACHER_ROLES]
     if unknown or not cfg["teacher_roles"]:
         raise app.UsageError(f"--teacher_roles: unknown {unknown}; choose from {TEACHER_ROLES}.")

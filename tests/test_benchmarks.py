@@ -185,6 +185,59 @@ def test_capacity_mismatch_tuning_trials(capacity):
     assert len(grid) == 3 * 2 * 2 * 2 and len({tuple(t.values()) for t in grid}) == 24
 
 
+def test_capacity_mismatch_isats_margin_setup(capacity):
+    cfg = {"temperature": 4.0, "tune_isats_margins": [0.0, 0.25, 0.5]}
+    isats = {"target_ratio": 2.0, "fallback": 3.0, "grid": "1:10:16", "student_temperature": "tau"}
+    assert capacity.tuning_candidates("isats_margin", cfg) == [
+        {"target_margin": 0.0},
+        {"target_margin": 0.25},
+        {"target_margin": 0.5},
+    ]
+    setup = capacity.method_setup("isats_margin", cfg, isats, {"target_margin": 0.25})
+    policy = setup["policy"]
+    assert isinstance(policy, capacity.ISATS) and policy.target_margin == 0.25
+    assert (policy.fallback_temperature, policy.num_candidates) == (3.0, 16)
+    assert (policy.min_temperature, policy.max_temperature) == (1.0, 10.0)
+    assert policy.student_temperature is None and policy.target_temperature is None
+    assert (setup["alpha"], setup["beta"], setup["temperature_scaling"]) == (0.1, 0.9, True)
+    assert "kappa 0.25" in setup["description"]
+    assert "(tuned on validation)" in setup["description"]
+    with pytest.raises(ValueError, match="after its tuning"):
+        capacity.method_setup("isats_margin", cfg, isats, {"kd_temperature": 4.0})
+    assert "isats_margin" in capacity.METHODS and "isats_margin" in capacity.TUNED_METHODS
+    assert "isats_margin" not in capacity.DEFAULT_METHODS  # on request only
+
+
+def _regime_results():
+    return json.loads((BENCHMARKS / "results" / "capacity_mismatch_regime.json").read_text())
+
+
+def test_capacity_mismatch_new_flag_keeps_finished_runs_resumable(capacity):
+    # the regime results (25 finished runs) were written before --tune_isats_margins existed
+    results = _regime_results()
+    config = results["config"]
+    with_default = {**config, "tune_isats_margins": [0.0, 0.25, 0.5]}
+    assert capacity._resume_key(with_default) == capacity._resume_key(config)
+    assert capacity._resume_key({**config, "tune_isats_margins": [0.5]}) != capacity._resume_key(
+        config
+    )
+    # the regime command itself, isats_margin added, resumes that file
+    argv = ["capacity_mismatch", *results["command"].split()[1:]]
+    argv = [a + ",isats_margin" if a.startswith("--methods=") else a for a in argv]
+    capacity._common.parse_flags(capacity.FLAGS, argv)
+    cfg = capacity.config_from_flags(argv)
+    assert cfg["tune_isats_margins"] == [0.0, 0.25, 0.5]
+    assert capacity._resume_key(cfg) == capacity._resume_key(config)
+    # existing methods' student folders keep their names (digests from before the flag)
+    folders = [
+        ("large", "isats", 0, results["isats_settings"], "isats-0-d7c3dd62f7bb"),
+        ("large", "kd_tuned", 3, {"kd_temperature": 4.0}, "kd_tuned-3-8ebe4d907f52"),
+        (None, "ce", 0, None, "ce-0-01bd0e15005c"),
+    ]
+    for role, method, seed, settings, name in folders:
+        assert capacity.student_folder(with_default, role, method, seed, settings).name == name
+
+
 def _tiny_capacity_argv(tmp_path, output, *flags):
     """A one-image-per-class run of capacity_mismatch on the offline CIFAR-100 copy."""
     if not (_data_dir() / "train.npz").is_file():
@@ -338,6 +391,9 @@ def test_capacity_mismatch_regime_check(capacity, small_acc, large_acc, kd_small
         (["--small_methods=ats", "--methods=kd"], "--small_methods"),
         (["--tune_ats=4:2,3"], "tau1:tau2 pairs"),
         (["--tune_kd_temperatures=0,2"], "all > 0"),
+        (["--tune_isats_margins=0.5,1.5"], "--tune_isats_margins .*\\[0, 1\\]"),
+        (["--tune_isats_margins=-0.1"], "--tune_isats_margins"),
+        (["--tune_isats_margins=a"], "--tune_isats_margins must be a comma list"),
     ],
 )
 def test_capacity_mismatch_rejects_bad_teacher_flags(capacity, flags, message):

@@ -9,7 +9,12 @@ from keras import ops
 
 from keras_kdcap import ops as kd_ops
 from keras_kdcap.policies.base import TemperaturePolicy
-from keras_kdcap.validation import check_int_at_least, check_positive, check_range
+from keras_kdcap.validation import (
+    check_fraction,
+    check_int_at_least,
+    check_positive,
+    check_range,
+)
 
 #: how the candidates are evaluated: one `[N, K, C]` tensor ("grid"), one
 #: `[N, C]` candidate at a time ("scan"), or chosen from the sizes ("auto").
@@ -200,6 +205,46 @@ def isats_temperature(
     return ops.stop_gradient(tau)
 
 
+def margin_target_temperature(logits, labels, other_temperature, target_margin: float):
+    """`tau1` that keeps the fraction `target_margin` of the label's lead at `tau2`.
+
+    With `m = max_{c != y} f_c` and `kappa = target_margin`, where the teacher
+    ranks the label first (`f_y >= m`) and `m > 0`, `tau1` solves
+    `f_y / tau1 = (m + kappa (f_y - m)) / tau2`:
+
+        tau1 = tau2 * f_y / (m + kappa (f_y - m))
+
+    `kappa = 1` gives `tau1 = tau2` exactly (the symmetric softmax), `kappa = 0`
+    ties the label with the best other class (the bound of `keep_target_first`
+    without its 0.1% margin). Elsewhere (`m <= 0`, or the label not first)
+    `tau1 = tau2`.
+
+    Args:
+        logits: `[B, C]` teacher logits.
+        labels: int `[B]` labels.
+        other_temperature: `tau2`, `[B]`.
+        target_margin: `kappa` in [0, 1].
+
+    Returns:
+        float32 `[B]` target temperatures.
+
+    Example:
+        >>> f, y = keras.ops.array([[3.0, 1.0, 2.0]]), keras.ops.array([0])
+        >>> tau1 = margin_target_temperature(f, y, keras.ops.full((1,), 2.0), 0.5)
+        >>> # [2.4] = 2 * 3 / (2 + 0.5 * (3 - 2))
+    """
+    logits = kd_ops.as_float32(logits)
+    other_temperature = kd_ops.as_float32(other_temperature)
+    target = kd_ops.target_logit(logits, labels)
+    other_max = kd_ops.max_non_target_logit(logits, labels)
+    applies = ops.logical_and(target >= other_max, other_max > 0.0)
+    # `f_y - (1 - kappa)(f_y - m)` is `m + kappa (f_y - m)`, written so that kappa = 1
+    # divides f_y by itself (exactly 1): tau1 = tau2 to the bit.
+    kept = target - (1.0 - target_margin) * (target - other_max)
+    ratio = target / ops.where(applies, kept, 1.0)
+    return ops.where(applies, other_temperature * ratio, other_temperature)
+
+
 @keras.saving.register_keras_serializable(package="keras_kdcap")
 class ISATS(TemperaturePolicy):
     """Per sample, ATS at the temperature that makes non-target classes most distinct.
@@ -208,8 +253,19 @@ class ISATS(TemperaturePolicy):
     `[min_temperature, max_temperature]` (one `[B, K, C]` evaluation, or one
     `[B, C]` candidate at a time for large `B * K * C`: `search`), then
     ATS with `tau2 = tau*` and `tau1 = target_ratio * tau*` (or a fixed
-    `target_temperature`). The choices the paper leaves open are arguments;
+    `target_temperature`, or `tau1` from the teacher's own margin:
+    `target_margin`). The choices the paper leaves open are arguments;
     docs/policies/isats.md states the defaults and why.
+
+    With `target_margin = kappa`, for a sample the teacher ranks correctly
+    (`f_y >= m`, `m = max_{c != y} f_c > 0`), `tau1` keeps the fraction
+    `kappa` of the label's lead over the best other class at `tau2`:
+    `f_y / tau1 = (m + kappa (f_y - m)) / tau2`, i.e.
+    `tau1 = tau2 * f_y / (m + kappa (f_y - m))` (`margin_target_temperature`).
+    `kappa = 1` is `tau1 = tau2` (`target_ratio=1`); `kappa = 0` is the
+    `keep_target_first` cap (with it on, the cap then binds and keeps its
+    0.1% margin: the label strictly first). Where `m <= 0`, `tau1 = tau2`;
+    misclassified samples fall back as with the ratio rule.
 
     The target class is the label, the arg-max of a soft label row (MixUp,
     CutMix), or without labels (`alpha=0`) the teacher's top class.
@@ -220,15 +276,21 @@ class ISATS(TemperaturePolicy):
         num_candidates: grid size K >= 2.
         refine: refine the arg-max on a finer grid around the best point.
         target_ratio: `tau1 = target_ratio * tau*` (ignored when
-            `target_temperature` is set).
+            `target_temperature` or `target_margin` is set).
         target_temperature: a fixed `tau1` instead of the ratio rule.
+        target_margin: `kappa` in [0, 1]: `tau1` per sample from the
+            teacher's margin (above) instead of the ratio rule; None (the
+            default) keeps the ratio rule. Not together with
+            `target_temperature`.
         fallback_temperature: for samples the teacher misclassifies (their
             maximiser runs to `min_temperature`), plain KD at this
             temperature (`tau1 = tau2 = fallback_temperature`).
         student_temperature: the student's `s`; None matches `tau2` per
             sample.
         keep_target_first: cap `tau1` per sample so the label stays ranked
-            first (METHODS.md); the cap rate is reported as a metric.
+            first (METHODS.md); the cap rate is reported as a metric. With
+            `target_margin` it binds where `kappa (f_y - m) < 0.001 m`: every
+            correct sample with `m > 0` at `kappa = 0`, near-ties otherwise.
         search: "auto" (default), "grid" or "scan": how the candidates are
             evaluated (`isats_temperature`); "scan" bounds the search's
             memory to a few `[B, C]` tensors, for vocabulary-sized C.
@@ -251,6 +313,7 @@ class ISATS(TemperaturePolicy):
         student_temperature: float | None = None,
         keep_target_first: bool = True,
         search: str = "auto",
+        target_margin: float | None = None,
         name: str | None = None,
         **kwargs,
     ):
@@ -265,6 +328,14 @@ class ISATS(TemperaturePolicy):
             None
             if target_temperature is None
             else check_positive("target_temperature", target_temperature)
+        )
+        if target_margin is not None and target_temperature is not None:
+            raise ValueError(
+                "`target_margin` and `target_temperature` both set `tau1`: pass one of them; "
+                f"got target_margin={target_margin!r}, target_temperature={target_temperature!r}."
+            )
+        self.target_margin = (
+            None if target_margin is None else check_fraction("target_margin", target_margin)
         )
         self.fallback_temperature = check_positive("fallback_temperature", fallback_temperature)
         self.student_temperature = (
@@ -293,7 +364,9 @@ class ISATS(TemperaturePolicy):
         tau_star = self.search(teacher_logits, labels)
         correct = kd_ops.label_ranked_first(teacher_logits, labels) > 0.5
         tau2 = ops.where(correct, tau_star, self.fallback_temperature)
-        if self.target_temperature is None:
+        if self.target_margin is not None:
+            tau1 = margin_target_temperature(teacher_logits, labels, tau2, self.target_margin)
+        elif self.target_temperature is None:
             tau1 = self.target_ratio * tau2
         else:
             tau1 = ops.full(ops.shape(tau2), self.target_temperature)
@@ -326,5 +399,6 @@ class ISATS(TemperaturePolicy):
             student_temperature=self.student_temperature,
             keep_target_first=self.keep_target_first,
             search=self.search_mode,
+            target_margin=self.target_margin,
         )
         return config
