@@ -122,6 +122,40 @@ def isats_target(f, y, lo, hi, k, ratio, fallback, keep_first=True):
     return ats(f, y, tau1, tau2), tau2, tau1, fell, capped
 
 
+def isats_margin_target(f, y, lo, hi, k, kappa, fallback, keep_first=True):
+    """ISATS with tau1 from the teacher's margin (`target_margin=kappa`), sample by sample.
+
+    Where the label is first and m = max_{c != y} f_c > 0, tau1 solves
+    f_y / tau1 = (m + kappa (f_y - m)) / tau2; where m <= 0, tau1 = tau2;
+    misclassified samples fall back to plain KD. The label's scaled logit is
+    then kept at least 1.001 m / tau2 (the 0.1% margin) when `keep_first`.
+
+    Returns:
+        (probs, tau2, tau1, fallback flags, cap flags).
+    """
+    f = np.asarray(f, np.float64)
+    tau_star, _ = isats_brute_force(f, y, lo, hi, k)
+    b = f.shape[0]
+    tau1, tau2 = np.empty(b), np.empty(b)
+    fell, capped = np.zeros(b), np.zeros(b)
+    for i in range(b):
+        target = f[i, y[i]]
+        m = np.delete(f[i], y[i]).max()
+        if target < m:
+            tau1[i] = tau2[i] = fallback
+            fell[i] = 1
+            continue
+        tau2[i] = tau_star[i]
+        tau1[i] = tau2[i]
+        if m > 0:
+            scaled_target = (m + kappa * (target - m)) / tau2[i]  # the label's f_y / tau1
+            tau1[i] = target / scaled_target
+            if keep_first and scaled_target < 1.001 * m / tau2[i]:
+                tau1[i] = target / (1.001 * m / tau2[i])
+                capped[i] = 1
+    return ats(f, y, tau1, tau2), tau2, tau1, fell, capped
+
+
 def fgcr(f, y, relations, weight, tau) -> np.ndarray:
     return (1 - weight) * tempered_softmax(f, tau) + weight * np.asarray(relations)[y]
 

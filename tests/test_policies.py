@@ -8,7 +8,15 @@ import pytest
 import reference as ref
 from helpers import assert_close, to_numpy
 
-from keras_kdcap import ATS, FGCR, ISATS, FixedTemperature, get_policy_names
+from keras_kdcap import (
+    ATS,
+    FGCR,
+    ISATS,
+    Distiller,
+    FixedTemperature,
+    get_policy_names,
+    with_teacher_logits,
+)
 from keras_kdcap.policies import get_policy
 
 CASES = [(scale, classes) for scale in (1.0, 3.0, 10.0) for classes in (10, 100, 1000)]
@@ -100,6 +108,90 @@ def test_isats_target_stays_first_where_plain_ats_loses_it(rng):
     assert np.mean(np.argmax(to_numpy(plain_probs), axis=1) == y) < 0.5
 
 
+def margin_rows(rng, scale, classes, batch=24):
+    """`teacher_like` rows plus correct rows with `m <= 0` and a misclassified one."""
+    f, y = teacher_like(rng, scale, classes, batch)
+    y[:4] = np.argmax(f[:4], axis=1)
+    others = np.where(np.arange(classes) == y[:4, None], -np.inf, f[:4]).max(axis=1)
+    f[:2] -= others[:2, None] + 0.5  # the best other class at -0.5, the label above it
+    f[2] -= f[2].max() + 1.0  # every logit negative, the label first
+    y[3] = np.argmin(f[3])  # misclassified, every logit negative
+    f[3] -= f[3].max() + 1.0
+    return f, y
+
+
+@pytest.mark.parametrize("scale,classes", [(1.0, 10), (3.0, 100), (10.0, 1000)])
+@pytest.mark.parametrize("kappa", [0.0, 0.25, 0.5, 1.0])
+def test_isats_target_margin_against_reference(rng, scale, classes, kappa):
+    f, y = margin_rows(rng, scale, classes)
+    policy = ISATS(target_margin=kappa, num_candidates=32, search="grid")
+    probs, student_t, stats = policy.compute_target(f, y)
+    e_probs, e_tau2, e_tau1, e_fell, e_cap = ref.isats_margin_target(
+        f, y, 0.5, 20.0, 32, kappa, 4.0
+    )
+    others = np.where(np.arange(classes) == y[:, None], -np.inf, f).max(axis=1)
+    correct = e_fell == 0
+    assert (~correct).any() and (correct & (others <= 0)).sum() >= 3 and (others > 0).any()
+    tau2 = to_numpy(stats["temperature"])
+    same = np.isclose(tau2, e_tau2, rtol=1e-5)  # float32 may take a near-tie's neighbour
+    assert same.mean() > 0.8 and same[:4].all()
+    assert_close(f"ISATS.margin[{kappa}]", to_numpy(probs)[same], e_probs[same])
+    np.testing.assert_allclose(to_numpy(student_t)[same], e_tau2[same], rtol=1e-5)
+    np.testing.assert_array_equal(to_numpy(stats["fallback_rate"]), e_fell)
+    np.testing.assert_array_equal(to_numpy(stats["target_cap_rate"])[same], e_cap[same])
+    if kappa == 0.0:  # the cap binds for every correct sample with m > 0
+        np.testing.assert_array_equal(e_cap, (correct & (others > 0)).astype(float))
+    assert np.all(np.argmax(to_numpy(probs), axis=1)[correct] == y[correct])
+    # uncapped: the label keeps the fraction kappa of its lead, f_y / tau1 = (m + kappa lead) / tau2
+    target = f[np.arange(len(y)), y].astype(np.float64)
+    keep = correct & (others > 0) & (e_cap == 0)
+    kept = (others + kappa * (target - others)) / e_tau2
+    np.testing.assert_allclose((target / e_tau1)[keep], kept[keep], rtol=1e-12)
+
+
+def test_isats_target_margin_one_is_target_ratio_one(rng):
+    f, y = margin_rows(rng, 3.0, 100)
+    margin_probs, margin_t, margin_stats = ISATS(target_margin=1.0).compute_target(f, y)
+    ratio_probs, ratio_t, ratio_stats = ISATS(target_ratio=1.0).compute_target(f, y)
+    np.testing.assert_array_equal(to_numpy(margin_probs), to_numpy(ratio_probs))
+    np.testing.assert_array_equal(to_numpy(margin_t), to_numpy(ratio_t))
+    for key, value in margin_stats.items():
+        np.testing.assert_array_equal(to_numpy(value), to_numpy(ratio_stats[key]))
+
+
+def test_isats_target_margin_per_token(rng):
+    # [B, T, C] logits: the policy applies to every token (keras_kdcap.sequence)
+    batch, tokens, classes = 3, 5, 11
+    f = (rng.normal(size=(batch, tokens, classes)) * 3.0).astype(np.float32)
+    g = rng.normal(size=(batch, tokens, classes)).astype(np.float32)
+    y = rng.integers(0, classes, (batch, tokens)).astype(np.int32)
+    boost = rng.random((batch, tokens)) < 0.7  # the label first; elsewhere the last class
+    np.put_along_axis(f, y[..., None], f.max(axis=-1, keepdims=True) + 1.0, -1)
+    y = np.where(boost, y, np.argmin(f, axis=-1)).astype(np.int32)
+    teacher, student = (
+        keras.Sequential(
+            [keras.Input((tokens,), dtype="int32"), keras.layers.Embedding(7, classes)]
+        )
+        for _ in range(2)
+    )
+    distiller = Distiller(teacher, student)
+    distiller.compile("sgd", policy=ISATS(target_margin=0.5), alpha=0.3, beta=0.7)
+    x = rng.integers(0, 7, (batch, tokens)).astype(np.int32)
+    distiller.compute_loss(
+        with_teacher_logits(x, keras.ops.convert_to_tensor(f)),
+        keras.ops.convert_to_tensor(y),
+        keras.ops.convert_to_tensor(g),
+    )
+    result = {k: float(v) for k, v in distiller.get_metrics_result().items()}
+    rows_f, rows_g, rows_y = ref.token_rows(f), ref.token_rows(g), ref.token_rows(y)
+    t, tau2, _, fell, capped = ref.isats_margin_target(rows_f, rows_y, 0.5, 20.0, 32, 0.5, 4.0)
+    assert_close("ISATS.margin.tokens", result["kd_loss"], ref.kl_kd(t, rows_g, tau2).mean())
+    assert result["temperature"] == pytest.approx(tau2.mean(), rel=1e-5)
+    assert result["fallback_rate"] == pytest.approx(fell.mean(), abs=1e-6)
+    assert result["target_cap_rate"] == pytest.approx(capped.mean(), abs=1e-6)
+    assert 0 < fell.mean() < 1
+
+
 @pytest.mark.parametrize("scale,classes", [(1.0, 10), (3.0, 100), (10.0, 1000)])
 def test_fgcr_with_relations(rng, scale, classes):
     f, y = teacher_like(rng, scale, classes)
@@ -149,6 +241,7 @@ def test_fgcr_errors(rng):
         FixedTemperature(3.0),
         ATS(5.0, 1.5, student_temperature=2.0, keep_target_first=True),
         ISATS(0.2, 30.0, 16, refine=True, target_ratio=1.5, fallback_temperature=3.0),
+        ISATS(target_margin=0.25, fallback_temperature=3.0, student_temperature=2.0),
         FGCR(weight=0.2, temperature=3.0, num_classes=4),
     ],
     ids=lambda p: type(p).__name__,
@@ -157,6 +250,9 @@ def test_policy_serialization_round_trip(policy):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(policy))
     assert type(restored) is type(policy)
     assert restored.get_config() == policy.get_config()
+    if isinstance(policy, ISATS):
+        assert restored.target_margin == policy.target_margin
+        assert ISATS.from_config(policy.get_config()).target_margin == policy.target_margin
 
 
 @pytest.mark.parametrize(
@@ -171,6 +267,11 @@ def test_policy_serialization_round_trip(policy):
         (lambda: ISATS(num_candidates=1), "num_candidates"),
         (lambda: ISATS(fallback_temperature=-2.0), "fallback_temperature"),
         (lambda: ISATS(student_temperature=0.0), "student_temperature"),
+        (lambda: ISATS(target_margin=1.5), "target_margin"),
+        (lambda: ISATS(target_margin=-0.1), "target_margin"),
+        (lambda: ISATS(target_margin=float("nan")), "target_margin"),
+        (lambda: ISATS(target_margin=0.5, target_temperature=4.0), "target_temperature"),
+        (lambda: ISATS(target_margin=0.5, target_temperature=4.0), "target_margin"),
         (lambda: FGCR(temperature=0.0), "temperature"),
     ],
 )
@@ -188,6 +289,7 @@ def test_label_needing_policy_called_without_labels():
 
 def test_get_policy_by_name():
     assert isinstance(get_policy("isats", target_ratio=1.5), ISATS)
+    assert get_policy("isats", target_margin=0.5).target_margin == 0.5
     assert set(get_policy_names()) >= {"kd", "ats", "isats", "fgcr"}
     with pytest.raises(ValueError, match="Unknown policy"):
         get_policy("nope")
