@@ -26,6 +26,20 @@ def cifar100_path() -> Path:
     return path
 
 
+#: the backend that runs the tests marked `one_backend` (script orchestration: flags,
+#: files, resume). Set KDCAP_ONE_BACKEND=all to run them on every backend.
+ONE_BACKEND = os.environ.get("KDCAP_ONE_BACKEND", "torch")
+
+
+def pytest_collection_modifyitems(config, items):
+    if ONE_BACKEND in ("all", keras.backend.backend()):
+        return
+    skip = pytest.mark.skip(reason=f"one_backend: runs on {ONE_BACKEND} only")
+    for item in items:
+        if item.get_closest_marker("one_backend"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)

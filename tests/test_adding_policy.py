@@ -102,6 +102,7 @@ def test_user_policy_computes_its_formula(user_policy, rng):
     np.testing.assert_array_equal(to_numpy(temperature), np.full(8, 2.0, np.float32))
 
 
+@pytest.mark.one_backend
 def test_user_policy_runs_by_name_through_the_example(user_policy, tmp_path):
     from keras_kdcap.models import get_model
 
@@ -139,6 +140,7 @@ def test_user_policy_runs_by_name_through_the_example(user_policy, tmp_path):
     assert (out / "student.keras").is_file()
 
 
+@pytest.mark.one_backend
 def test_user_policy_runs_by_name_through_step_time(user_policy, tmp_path):
     benchmarks = str(REPO / "benchmarks")
     if benchmarks not in sys.path:

@@ -258,6 +258,7 @@ def _tiny_capacity_argv(tmp_path, output, *flags):
     ]
 
 
+@pytest.mark.one_backend
 def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
     output = tmp_path / "capacity.json"
     argv = _tiny_capacity_argv(
@@ -310,6 +311,7 @@ def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
     assert returned["table"] == results["table"]
 
 
+@pytest.mark.one_backend
 def test_cache_speed_tiny(tmp_path, one_thread):
     cache_speed = _load("cache_speed")
     output = tmp_path / "cache_speed.json"
@@ -404,6 +406,7 @@ def test_capacity_mismatch_rejects_bad_teacher_flags(capacity, flags, message):
         capacity.config_from_flags(["capacity_mismatch", *flags])
 
 
+@pytest.mark.one_backend
 def test_capacity_mismatch_teachers_only(capacity, tmp_path, one_thread):
     output = tmp_path / "teachers.json"
     argv = _tiny_capacity_argv(tmp_path, output, "--val_per_class=0", "--tune", "--teachers_only")
@@ -457,6 +460,7 @@ def _records(path):
     return {(r["teacher"], r["method"], r["seed"]): r for r in json.loads(path.read_text())["runs"]}
 
 
+@pytest.mark.one_backend
 def test_capacity_mismatch_tuned_kd_and_resume(capacity, tmp_path, one_thread):
     output = tmp_path / "resume.json"
     argv = _tiny_capacity_argv(
