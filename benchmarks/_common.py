@@ -11,11 +11,8 @@ are available too, to measure that difference.
 from __future__ import annotations
 
 import itertools
-import json
-import math
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -28,15 +25,11 @@ import keras
 import numpy as np
 
 from keras_kdcap import files
+from keras_kdcap.experiment.cli import split_list
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 STEP_APIS = ("function", "on_batch")
-#: an absolute path under the repository's parent folder, inside any string; not a part of
-#: a relative path ("../tmp/x/work/y" when that folder is /work), and not /workspace.
-_ABSOLUTE = re.compile(
-    r"(?<![\w.~/-])" + re.escape(str(REPO.parent)) + r"(?![^/\s\"',;])[^\s\"',;]*"
-)
 
 
 # --------------------------------------------------------------------- environment
@@ -131,26 +124,8 @@ def environment() -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------- output
-def jsonable(value: Any) -> Any:
-    """numpy scalars/arrays to Python, NaN/inf to None (strict JSON).
-
-    Args:
-        value: nested dicts/lists of numbers, arrays and strings.
-
-    Returns:
-        The same structure with JSON-ready leaves.
-    """
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+#: numpy values and paths to Python, NaN/inf to None (strict JSON).
+jsonable = files.jsonable
 
 
 def relative(path: str | os.PathLike) -> str:
@@ -158,27 +133,8 @@ def relative(path: str | os.PathLike) -> str:
     return os.path.relpath(Path(path).resolve(), REPO)
 
 
-def relative_paths(value: Any) -> Any:
-    """Strings naming places on this machine, rewritten relative to the repository.
-
-    Args:
-        value: nested dicts/lists of JSON-ready leaves.
-
-    Returns:
-        The same structure; every absolute path under the repository's parent
-        folder (also inside a recorded command line) is relative to the repository.
-    """
-    if isinstance(value, dict):
-        return {k: relative_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [relative_paths(v) for v in value]
-    if isinstance(value, str) and str(REPO.parent) in value:
-        return _ABSOLUTE.sub(lambda m: relative(m.group(0)), value)
-    return value
-
-
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Writes `payload` as indented strict JSON with relative paths, atomically.
+    """Writes `payload` as indented strict JSON with paths relative to the repository, atomically.
 
     Args:
         path: destination file.
@@ -187,10 +143,7 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path)
-    text = json.dumps(relative_paths(jsonable(payload)), indent=2, allow_nan=False) + "\n"
-    files.atomic_write_bytes(path, text.encode())
-    return path
+    return files.write_json(path, payload, relative_to=REPO)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -208,16 +161,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def parse_list(text: str) -> list[str]:
-    """Splits a comma list, dropping blanks.
-
-    Args:
-        text: e.g. `"kd, ats,isats"`.
-
-    Returns:
-        The items.
-    """
-    return [item.strip() for item in text.split(",") if item.strip()]
+#: splits a comma list flag, dropping blanks.
+parse_list = split_list
 
 
 def parse_flags(flag_values: Any, argv: Sequence[str]) -> None:

@@ -19,10 +19,12 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,81 @@ def atomic_write_json(
     """
     text = json.dumps(obj, indent=2, default=default) + "\n"
     atomic_write_bytes(path, text.encode())
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with JSON-ready leaves: numpy values and paths to Python, NaN/inf to None.
+
+    Args:
+        value: nested mappings, lists and tuples of numbers, arrays, paths and strings.
+
+    Returns:
+        The same structure as dicts (string keys) and lists; strict JSON.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def relative_paths(value: Any, root: str | os.PathLike) -> Any:
+    """The strings of `value` with the absolute paths near `root` made relative to it.
+
+    Every absolute path under `root`'s parent folder, also inside a longer string
+    such as a recorded command line, is rewritten relative to `root`
+    (`<root>/runs/x` -> `runs/x`, `<root>/../shared/d` -> `../shared/d`).
+
+    Args:
+        value: nested dicts and lists of JSON-ready leaves.
+        root: the folder the paths become relative to (a repository).
+
+    Returns:
+        The same structure.
+    """
+    root = Path(root).resolve()
+    # not a part of a relative path ("../tmp/x/work/y" when the parent is /work), nor /workspace
+    pattern = re.compile(
+        r"(?<![\w.~/-])" + re.escape(str(root.parent)) + r"(?![^/\s\"',;])[^\s\"',;]*"
+    )
+
+    def rewrite(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: rewrite(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [rewrite(v) for v in item]
+        if isinstance(item, str) and str(root.parent) in item:
+            return pattern.sub(lambda m: os.path.relpath(Path(m.group(0)).resolve(), root), item)
+        return item
+
+    return rewrite(value)
+
+
+def write_json(
+    path: str | os.PathLike, value: Any, relative_to: str | os.PathLike | None = None
+) -> Path:
+    """Writes `value` as indented strict JSON, atomically (see `jsonable`).
+
+    Args:
+        path: the destination; its folder is created if needed.
+        value: the content.
+        relative_to: when given, absolute paths near this folder are recorded
+            relative to it (see `relative_paths`).
+
+    Returns:
+        The path written.
+    """
+    value = jsonable(value)
+    if relative_to is not None:
+        value = relative_paths(value, relative_to)
+    atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
+    return Path(path)
 
 
 def load_json(path: str | os.PathLike) -> Any:

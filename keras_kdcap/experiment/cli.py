@@ -433,6 +433,18 @@ def parse_experiment(argv: Sequence[str]) -> ExperimentConfig:
     return config
 
 
+def split_list(text: str) -> list[str]:
+    """The items of a comma list, blanks dropped: `"kd, ats,"` -> `["kd", "ats"]`.
+
+    Args:
+        text: the list.
+
+    Returns:
+        The stripped items.
+    """
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def parse_list(flag: str, value: str, kind: Callable[[str], Any] = str) -> list[Any]:
     """Splits a comma list flag.
 
@@ -447,9 +459,8 @@ def parse_list(flag: str, value: str, kind: Callable[[str], Any] = str) -> list[
     Raises:
         UsageError: an empty list, a bad or a repeated item.
     """
-    items = [item.strip() for item in value.split(",") if item.strip()]
     try:
-        parsed = [kind(item) for item in items]
+        parsed = [kind(item) for item in split_list(value)]
     except ValueError:
         raise UsageError(f"--{flag}={value}: expected a comma list of {kind.__name__}") from None
     if not parsed:

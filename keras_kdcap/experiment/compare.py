@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from keras_kdcap import files
 from keras_kdcap.experiment import state
 from keras_kdcap.experiment.config import (
     ExperimentConfig,
@@ -18,7 +19,7 @@ from keras_kdcap.experiment.config import (
     typed_policy_args,
 )
 from keras_kdcap.experiment.phases import Log
-from keras_kdcap.experiment.report import format_seconds, format_table, json_ready, versions
+from keras_kdcap.experiment.report import format_seconds, format_table, versions
 from keras_kdcap.policies.registry import POLICIES
 
 COMPARE_JSON = "compare.json"
@@ -228,7 +229,7 @@ def run_comparison(comparison: Comparison, log: Log = print) -> dict[str, Any]:
             }
         )
     table = markdown_table(rows)
-    report = json_ready(
+    report = files.jsonable(
         {
             "teacher": base.teacher,
             "student": base.student,

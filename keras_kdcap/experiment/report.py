@@ -8,7 +8,6 @@ import os
 import platform
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 
@@ -222,25 +221,3 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     total = format_seconds(metrics["time_s"])
     lines.append(f"total time: {total}; outputs in {metrics['output_dir']}")
     return "\n".join(lines)
-
-
-def json_ready(value: Any) -> Any:
-    """Converts numpy scalars/arrays and paths inside `value` to plain JSON values.
-
-    Args:
-        value: nested dicts, lists and scalars.
-
-    Returns:
-        The converted value (NaN and infinities become None).
-    """
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):
-        return json_ready(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

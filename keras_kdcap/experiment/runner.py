@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from keras_kdcap import files
 from keras_kdcap.experiment import state
 from keras_kdcap.experiment.config import ExperimentConfig
 from keras_kdcap.experiment.data import ExperimentData, load_data
@@ -18,7 +19,7 @@ from keras_kdcap.experiment.phases import (
     teacher_phase,
     teacher_statistics,
 )
-from keras_kdcap.experiment.report import json_ready, last_and_best, versions
+from keras_kdcap.experiment.report import last_and_best, versions
 
 
 def _print(line: str) -> None:
@@ -146,6 +147,6 @@ def run_experiment(
         "time_s": time.perf_counter() - start,
         "complete": True,
     }
-    metrics = json_ready(metrics)
+    metrics = files.jsonable(metrics)
     state.write_json(out / state.METRICS_FILE, metrics)
     return metrics

@@ -78,22 +78,10 @@ def read_json(path: str | os.PathLike) -> Any:
         return None
 
 
-def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Writes JSON atomically (a temporary file flushed to disk, then a rename)."""
-    files.atomic_write_json(path, value, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def normalise(value: Any) -> Any:
-    """`value` as it reads back from JSON (tuples become lists, ...)."""
-    return json.loads(json.dumps(value, default=_json_default))
+#: writes JSON atomically, strict (NaN and infinities as null).
+write_json = files.write_json
+#: `value` as it reads back from JSON (tuples become lists, paths strings, ...).
+normalise = files.jsonable
 
 
 def _difference(old: Any, new: Any) -> str:
@@ -117,6 +105,30 @@ def _mismatch(config: ExperimentConfig, what: str, old: Any, new: Any) -> UsageE
         f"({_difference(old, new)}); pass --restart to replace it, or choose another "
         f"--output_dir{hint}"
     )
+
+
+def _refuse_other_settings(
+    config: ExperimentConfig, what: str, record: Path, work: Path, started: bool, fingerprint: Any
+) -> None:
+    """Raises a `UsageError` when the published model or the started run has other settings.
+
+    Args:
+        config: the configuration.
+        what: "teacher" or "student".
+        record: the published model's JSON record (`teacher.json`, `student.json`).
+        work: the started run's folder, holding its `run.json`.
+        started: whether a run was started in `work`.
+        fingerprint: the settings of this run (`normalise`d).
+    """
+    saved = record.with_name(TEACHER_FILE if what == "teacher" else STUDENT_FILE)
+    found = read_json(record)
+    if (saved.exists() and found is None) or (
+        found is not None and _fingerprint_of(found) != fingerprint
+    ):
+        raise _mismatch(config, what, _fingerprint_of(found), fingerprint)
+    old = _fingerprint_of(read_json(work / RUN_RECORD)) if started else fingerprint
+    if old != fingerprint:
+        raise _mismatch(config, what, old, fingerprint)
 
 
 def _has_backup(folder: Path) -> bool:
@@ -170,18 +182,10 @@ def plan_teacher(config: ExperimentConfig) -> str:
     saved = out / TEACHER_FILE
     if config.teacher_is_file and saved.exists() and saved.samefile(config.teacher):
         return "load"
-    record = read_json(out / TEACHER_RECORD)
-    if (saved.exists() and record is None) or (
-        record is not None and _fingerprint_of(record) != fingerprint
-    ):
-        raise _mismatch(config, "teacher", _fingerprint_of(record), fingerprint)
     work = out / TEACHER_WORK_DIR
     # train_teacher's finished teacher.keras or its epoch backups, of these settings
     started = _has_backup(work / BACKUP_DIR) or files.verify_file(work / FINAL_NAME)
-    if started:
-        old = _fingerprint_of(read_json(work / RUN_RECORD))
-        if old != fingerprint:
-            raise _mismatch(config, "teacher", old, fingerprint)
+    _refuse_other_settings(config, "teacher", out / TEACHER_RECORD, work, started, fingerprint)
     if saved.exists() and _reusable(config, saved, "teacher", started or config.teacher_is_file):
         return "reuse"
     if config.teacher_is_file:
@@ -204,17 +208,9 @@ def plan_student(config: ExperimentConfig) -> str:
     out = Path(config.output_dir)
     fingerprint = normalise(config.student_fingerprint())
     saved = out / STUDENT_FILE
-    record = read_json(out / STUDENT_RECORD)
-    if (saved.exists() and record is None) or (
-        record is not None and _fingerprint_of(record) != fingerprint
-    ):
-        raise _mismatch(config, "student", _fingerprint_of(record), fingerprint)
     backup = out / BACKUP_DIR
     started = _has_backup(backup)
-    if started:
-        old = _fingerprint_of(read_json(backup / RUN_RECORD))
-        if old != fingerprint:
-            raise _mismatch(config, "student", old, fingerprint)
+    _refuse_other_settings(config, "student", out / STUDENT_RECORD, backup, started, fingerprint)
     if saved.exists() and _reusable(config, saved, "student", started):
         return "reuse"
     return "resume" if started else "train"
