@@ -38,6 +38,12 @@ from keras_kdcap.data.pipeline import (
     set_epoch,
     stratified_indices,
 )
+from keras_kdcap.data.splits import (
+    PIPELINES,
+    CifarSplits,
+    first_classes,
+    resolve_pipeline,
+)
 from keras_kdcap.data.tfds_sources import (
     OfflineDataError,
     caltech_birds_datasets,
@@ -53,6 +59,10 @@ __all__ = [
     "ArrayImageDataset",
     "cifar100_array_datasets",
     "pad_crop_flip_numpy",
+    "CifarSplits",
+    "PIPELINES",
+    "first_classes",
+    "resolve_pipeline",
     "CIFAR100_ENV_VAR",
     "CIFAR100_MEAN",
     "CIFAR100_NUM_CLASSES",

@@ -413,10 +413,15 @@ def check_data_source(config: ExperimentConfig) -> None:
             is missing) without the npz copy; or `--pipeline=tfdata` without TensorFlow.
     """
     from keras_kdcap.data.cifar import resolve_cifar100_source
+    from keras_kdcap.data.splits import resolve_pipeline
     from keras_kdcap.data.tfds_sources import DOWNLOAD_HOSTS, host_reachable
-    from keras_kdcap.experiment.data import check_npz_source, resolve_pipeline
+    from keras_kdcap.experiment.data import check_npz_source
 
-    if resolve_pipeline(config.pipeline) == "numpy":
+    try:
+        pipeline = resolve_pipeline(config.pipeline)
+    except ValueError as err:
+        raise UsageError(f"--{err}") from None
+    if pipeline == "numpy":
         check_npz_source(config.data_dir)
         return
     source, folder = resolve_cifar100_source(config.data_dir)

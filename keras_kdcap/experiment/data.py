@@ -4,41 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 from typing import Any
 
 import keras
-import numpy as np
 
+from keras_kdcap.data.splits import (
+    EVAL_BATCH_SIZE,
+    first_classes,
+    per_class_indices,
+    resolve_pipeline,
+    take,
+)
 from keras_kdcap.experiment.config import ExperimentConfig, UsageError, one_line
 
-#: batch size of the inference passes (evaluation, teacher statistics).
-EVAL_BATCH_SIZE = 256
 NUM_CLASSES = 100
-#: `--pipeline` values: tf.data (TensorFlow) or NumPy in a `keras.utils.PyDataset`.
-PIPELINES = ("auto", "tfdata", "numpy")
-
-
-def resolve_pipeline(pipeline: str) -> str:
-    """`"auto"` -> `"tfdata"` when TensorFlow is installed, else `"numpy"`.
-
-    Args:
-        pipeline: one of `PIPELINES`.
-
-    Returns:
-        `"tfdata"` or `"numpy"`.
-
-    Raises:
-        UsageError: `"tfdata"` without TensorFlow, or an unknown name.
-    """
-    if pipeline not in PIPELINES:
-        raise UsageError(f"--pipeline={pipeline}: choose one of {', '.join(PIPELINES)}")
-    has_tf = importlib.util.find_spec("tensorflow") is not None
-    if pipeline == "auto":
-        return "tfdata" if has_tf else "numpy"
-    if pipeline == "tfdata" and not has_tf:
-        raise UsageError("--pipeline=tfdata needs TensorFlow: pip install tensorflow")
-    return pipeline
 
 
 def check_npz_source(data_dir: str | None) -> None:
@@ -162,27 +141,6 @@ def load_arrays(data_dir: str | None) -> tuple[tuple[Any, Any], tuple[Any, Any],
     return train, test, where
 
 
-def _subset(labels: np.ndarray, per_class: int) -> np.ndarray | None:
-    from keras_kdcap.data import stratified_indices
-
-    return None if per_class <= 0 else stratified_indices(labels, per_class)
-
-
-def first_classes(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[Any, Any]:
-    """The examples of classes `0 .. num_classes - 1` (labels keep their values).
-
-    Args:
-        images: `[N, ...]`.
-        labels: int `[N]`.
-        num_classes: how many classes to keep.
-
-    Returns:
-        `(images, labels)` of those classes, in their original order.
-    """
-    keep = np.flatnonzero(np.asarray(labels).reshape(-1) < num_classes)
-    return images[keep], labels[keep]
-
-
 def student_train_data(config: ExperimentConfig, data: ExperimentData) -> Any:
     """The student's training batches: `data.train`, mixed when `config.mix` asks for it.
 
@@ -231,24 +189,19 @@ def load_data(config: ExperimentConfig, seed: int | None = None) -> ExperimentDa
     pipeline = resolve_pipeline(config.pipeline)
     if pipeline == "numpy":
         check_npz_source(config.data_dir)
-    (x_train, y_train), (x_test, y_test), where = load_arrays(config.data_dir)
+    train, test, where = load_arrays(config.data_dir)
     if config.num_classes < NUM_CLASSES:
-        (x_train, y_train), (x_test, y_test) = (
-            first_classes(x, y, config.num_classes)
-            for x, y in ((x_train, y_train), (x_test, y_test))
+        train, test = (
+            first_classes(train, config.num_classes),
+            first_classes(test, config.num_classes),
         )
         where += f", classes 0-{config.num_classes - 1} of {NUM_CLASSES}"
     teacher_arrays = None
     if config.teacher_per_class is not None and config.teacher_per_class != config.per_class:
-        keep = _subset(y_train, config.teacher_per_class)
-        teacher_arrays = (x_train, y_train) if keep is None else (x_train[keep], y_train[keep])
-    keep = _subset(y_train, config.per_class)
-    if keep is not None:
-        x_train, y_train = x_train[keep], y_train[keep]
-    keep = _subset(y_test, config.test_per_class)
-    if keep is not None:
-        x_test, y_test = x_test[keep], y_test[keep]
-    train, test = (x_train, y_train), (x_test, y_test)
+        teacher_arrays = take(train, per_class_indices(train[1], config.teacher_per_class))
+    train = take(train, per_class_indices(train[1], config.per_class))
+    test = take(test, per_class_indices(test[1], config.test_per_class))
+    (x_train, y_train), (x_test, y_test) = train, test
     seed = config.seed if seed is None else seed
     if pipeline == "numpy":
         from keras_kdcap.data.arrays import ArrayImageDataset
