@@ -1,4 +1,4 @@
-"""Teacher training with the CRD recipe: SGD, coupled weight decay, step schedule, checkpoints."""
+"""Teacher training with the CRD recipe and checkpoints; a store of teachers keyed by settings."""
 
 from keras_kdcap.training.backup import VerifiedBackupAndRestore
 from keras_kdcap.training.schedules import (
@@ -8,6 +8,7 @@ from keras_kdcap.training.schedules import (
     default_lr,
     milestone_epochs,
 )
+from keras_kdcap.training.store import TeacherStore
 from keras_kdcap.training.teacher import (
     EpochCheckpoint,
     LearningRateLogger,
@@ -28,6 +29,7 @@ __all__ = [
     "crd_schedule",
     "default_lr",
     "milestone_epochs",
+    "TeacherStore",
     "train_teacher",
     "VerifiedBackupAndRestore",
 ]
