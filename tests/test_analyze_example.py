@@ -61,6 +61,8 @@ def test_analyze_teachers_tiny_run(example, tmp_path):
         assert {"intra_class_angle", "inter_class_angle", "inter_class_weight_angle"} <= set(
             teacher["geometry"]
         )
+        path = teacher["training"]["path"]  # relative, to the cached teacher.keras
+        assert not os.path.isabs(path) and (REPO / path).is_file()
     assert len(results["rows"]) == 4
     agreement = results["agreement"]
     assert agreement["names"] == ["resnet8", "resnet14"]
