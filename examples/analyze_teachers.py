@@ -36,7 +36,7 @@ from absl import app, flags
 
 from keras_kdcap import analysis, files
 from keras_kdcap.data import CifarSplits
-from keras_kdcap.experiment.cli import split_list
+from keras_kdcap.experiment.cli import define_flag_table, split_list
 from keras_kdcap.models import get_model
 from keras_kdcap.training import TeacherStore, train_teacher
 
@@ -58,48 +58,33 @@ TAU_SEARCH = {"min_temperature": 0.5, "max_temperature": 20.0, "num_candidates":
 # Flags live in their own FlagValues so that importing this module (tests do)
 # never clashes with flags other examples define in absl's global FLAGS.
 FLAGS = flags.FlagValues()
-flags.DEFINE_string(
-    "data_dir", DEFAULT_DATA_DIR, "Folder with train.npz / test.npz.", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "models", DEFAULT_MODELS, "Comma list of zoo names, growing capacity.", flag_values=FLAGS
-)
-flags.DEFINE_integer("per_class", 500, "Training images per class (500 = all).", flag_values=FLAGS)
-flags.DEFINE_integer("eval_per_class", 0, "Test images per class (0 = all 100).", flag_values=FLAGS)
-flags.DEFINE_integer("epochs", 240, "Teacher training epochs.", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 64, "Training batch size.", flag_values=FLAGS)
-flags.DEFINE_float("learning_rate", 0.05, "Peak SGD learning rate.", flag_values=FLAGS)
-flags.DEFINE_float(
-    "weight_decay",
-    5e-4,
-    "PyTorch-style (coupled) weight decay, the CRD recipe's 5e-4: an L2 penalty "
-    "weight_decay/2 * w^2 on every trainable variable (keras_kdcap.training).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_bool("augment", True, "Random crop (pad 4) and horizontal flip.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "temperatures", "1,2,3,4,6,8", "Temperatures of the non-target statistics.", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "dtype_policy",
-    "float32",
-    "Keras dtype policy for training, e.g. mixed_bfloat16.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "output_dir",
-    DEFAULT_OUTPUT_DIR,
-    "Where results.json, figures and teachers/ go.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer("seed", 0, "Random seed (augmentation, initialisation).", flag_values=FLAGS)
-flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0, 1, 2).", flag_values=FLAGS)
-flags.DEFINE_bool(
-    "smoke",
-    False,
-    f"Tiny run: {SMOKE_MODELS}, 20 images/class, 1 epoch, 20 test images/class, "
-    "written to <output_dir>/smoke.",
-    flag_values=FLAGS,
+define_flag_table(
+    FLAGS,
+    {
+        "data_dir": (DEFAULT_DATA_DIR, "Folder with train.npz / test.npz."),
+        "models": (DEFAULT_MODELS, "Comma list of zoo names, growing capacity."),
+        "per_class": (500, "Training images per class (500 = all)."),
+        "eval_per_class": (0, "Test images per class (0 = all 100)."),
+        "epochs": (240, "Teacher training epochs."),
+        "batch_size": (64, "Training batch size."),
+        "learning_rate": (0.05, "Peak SGD learning rate."),
+        "weight_decay": (
+            5e-4,
+            "PyTorch-style (coupled) weight decay, the CRD recipe's 5e-4: an L2 penalty "
+            "weight_decay/2 * w^2 on every trainable variable (keras_kdcap.training).",
+        ),
+        "augment": (True, "Random crop (pad 4) and horizontal flip."),
+        "temperatures": ("1,2,3,4,6,8", "Temperatures of the non-target statistics."),
+        "dtype_policy": ("float32", "Keras dtype policy for training, e.g. mixed_bfloat16."),
+        "output_dir": (DEFAULT_OUTPUT_DIR, "Where results.json, figures and teachers/ go."),
+        "seed": (0, "Random seed (augmentation, initialisation)."),
+        "verbose": (2, "Keras fit verbosity (0, 1, 2)."),
+        "smoke": (
+            False,
+            f"Tiny run: {SMOKE_MODELS}, 20 images/class, 1 epoch, 20 test images/class, "
+            "written to <output_dir>/smoke.",
+        ),
+    },
 )
 
 

@@ -433,6 +433,31 @@ def parse_experiment(argv: Sequence[str]) -> ExperimentConfig:
     return config
 
 
+def define_flag_table(flag_values: flags.FlagValues, table: dict[str, tuple]) -> None:
+    """Defines a script's flags from one table, each flag's type from its default.
+
+    A bool default makes a bool flag, an int an integer flag, a float a float flag,
+    a string or None a string flag; a third item, the choices, makes an enum flag.
+
+    Args:
+        flag_values: the script's `absl.flags.FlagValues`.
+        table: name -> `(default, help)` or `(default, help, choices)`.
+
+    Example:
+        >>> fv = flags.FlagValues()
+        >>> define_flag_table(fv, {"epochs": (30, "Epochs."), "mode": ("a", "Mode.", ["a", "b"])})
+        >>> fv(["script", "--epochs=2"]) and (fv.epochs, fv.mode)
+        (2, 'a')
+    """
+    kinds = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+    for name, (default, help_text, *choices) in table.items():
+        if choices:
+            flags.DEFINE_enum(name, default, choices[0], help_text, flag_values=flag_values)
+        else:
+            define = kinds.get(type(default), flags.DEFINE_string)
+            define(name, default, help_text, flag_values=flag_values)
+
+
 def split_list(text: str) -> list[str]:
     """The items of a comma list, blanks dropped: `"kd, ats,"` -> `["kd", "ats"]`.
 
