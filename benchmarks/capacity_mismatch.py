@@ -75,17 +75,14 @@ from keras_kdcap import (  # noqa: E402
     files,  # noqa: E402
 )
 from keras_kdcap.analysis import non_target_stats, rank_agreement, tau_star_stats  # noqa: E402
-from keras_kdcap.data import (  # noqa: E402
-    ArrayImageDataset,
-    cifar100_datasets_from_arrays,
-    load_cifar100_arrays,
-    stratified_indices,
-)
+from keras_kdcap.data import CifarSplits, resolve_pipeline  # noqa: E402
 from keras_kdcap.distiller import with_teacher_logits  # noqa: E402
+from keras_kdcap.experiment.cli import define_flag_table  # noqa: E402
 from keras_kdcap.models import count_params  # noqa: E402
 from keras_kdcap.ops import label_ranked_first  # noqa: E402
 from keras_kdcap.policies import get_policy, get_policy_names  # noqa: E402
 from keras_kdcap.training import (  # noqa: E402
+    TeacherStore,
     build_teacher,
     crd_schedule,
     train_teacher,
@@ -147,8 +144,13 @@ RESUME_NEW_DEFAULTS = {"tune_isats_margins": [0.0, 0.25, 0.5]}
 ROLE_SEEDS = {"small": 1, "large": 2, "large_regt": 3, "large_flat": 4}
 TEACHER_ROLES = ("small", "large", "large_flat")
 LARGE_ROLES = ("large", "large_flat")
-#: the ISATS settings tuning chooses, in tie-break order (first: smaller wins).
+#: the ISATS settings tuning chooses.
 TUNED = ("target_ratio", "fallback", "grid", "student_temperature")
+#: how tuning breaks a tie of validation accuracy: a key (smaller wins, then the
+#: earlier candidate) and its description; other methods: the earlier candidate.
+TIE_BREAKS = {"isats": (lambda settings: settings["target_ratio"], "smaller ratio")}
+#: what a tuning trial records of its run (besides its settings and seed).
+TRIAL_FIELDS = {"isats": ("val_last", "val_best", "seconds", "last_epoch_metrics")}
 #: settings `--smoke` imposes (a couple of minutes on a CPU).
 SMOKE = {
     "student": "resnet8",
@@ -169,325 +171,145 @@ SMOKE = {
 }
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string(
-    "data_dir", DEFAULT_DATA_DIR, "Folder with train.npz/test.npz.", flag_values=FLAGS
+define_flag_table(
+    FLAGS,
+    {
+        "data_dir": (DEFAULT_DATA_DIR, "Folder with train.npz/test.npz."),
+        "cache_dir": (DEFAULT_CACHE_DIR, "Where trained teachers are cached."),
+        "tag": (None, "Result name: capacity_mismatch_<tag>.json."),
+        "output": (None, "JSON path (overrides --tag)."),
+        "student": ("resnet8", "Student zoo model."),
+        "small_teacher": ("resnet14", "Small teacher zoo model."),
+        "large_teacher": (
+            "wrn_16_2",
+            "Large teacher zoo model (wrn_16_2: more accurate than resnet14 at the CPU scale;"
+            " resnet32 was not).",
+        ),
+        "per_class": (20, "Training images per class (500 = all)."),
+        "classes": (
+            100,
+            "Use the first N classes of CIFAR-100 (labels 0..N-1; 100 = all). A class subset "
+            "gives each class more images for the same cost.",
+        ),
+        "val_per_class": (10, "Validation images per class, from the training split."),
+        "test_per_class": (0, "Test images per class (0 = all 100)."),
+        "teacher_epochs": (80, "Teacher training epochs."),
+        "teacher_lr": (0.05, "Teacher initial learning rate."),
+        "teacher_weight_decay": (
+            5e-5,
+            "Teacher PyTorch-style weight decay (weak: over-confident teachers).",
+        ),
+        "teacher_augment": (True, "Crop and flip for teachers."),
+        "teacher_dtype_policy": (
+            "float32",
+            "Keras dtype policy of teacher training and inference, e.g. mixed_bfloat16 on a "
+            "GPU (on the 2-core TensorFlow CPU it measured 0.7x the speed of float32).",
+        ),
+        "student_dtype_policy": (
+            "float32",
+            "Keras dtype policy of the students (logits and losses stay float32).",
+        ),
+        "regt_gamma": (0.1, "RegT teacher: gamma."),
+        "flat_label_smoothing": (
+            0.0,
+            "> 0: also train `large_flat`, the large teacher with this label smoothing (flat "
+            "non-target probabilities, the property the paper finds in large teachers).",
+        ),
+        "teacher_roles": (
+            "small,large",
+            "Teachers the distillation methods run for: small, large, large_flat.",
+        ),
+        "regt_temperature": (4.0, "RegT teacher: tau_r."),
+        "epochs": (30, "Student epochs."),
+        "lr": (0.05, "Student initial learning rate."),
+        "weight_decay": (5e-4, "Student PyTorch-style weight decay."),
+        "batch_size": (64, "Batch size (teachers and students)."),
+        "seeds": ("0,1", "Comma list of student seeds."),
+        "teacher_seed": (0, "Seed of the teachers."),
+        "methods": (",".join(DEFAULT_METHODS), "Comma list of methods."),
+        "resume": (
+            True,
+            "Keep the finished tuning and student runs of an unfinished results file with the"
+            " same settings (a run killed part-way goes on where it stopped); --noresume "
+            "starts over.",
+        ),
+        "small_methods": (
+            None,
+            "Comma list of the methods run for the small teacher (default: those of --methods).",
+        ),
+        "eval_every": (5, "Evaluate students every N epochs (and at the last)."),
+        "temperature": (4.0, "KD/FGCR temperature and the analysis T."),
+        "fgcr_weight": (0.5, "FGCR: weight w of the class relations."),
+        "isats_target_ratio": (2.0, "ISATS: tau1 = ratio * tau*."),
+        "isats_fallback": (4.0, "ISATS: misclassified samples' T."),
+        "isats_grid": ("0.5:20:32", "ISATS search grid min:max:candidates."),
+        "isats_student_temperature": (
+            "tau",
+            "ISATS: the student's temperature, `tau` (tau2 = tau* per sample) or a number.",
+        ),
+        "tune": (False, "Tune ISATS on the validation split first."),
+        "tune_only": (False, "Stop after tuning."),
+        "teachers_only": (
+            False,
+            "Train (or load) the teachers, print their table and the checks, and stop: check "
+            "that the teachers show the regime before spending the students' time.",
+        ),
+        "tune_target_ratios": ("1,2,3", "Tuning grid: target_ratio."),
+        "tune_fallbacks": ("2,4", "Tuning grid: fallback T."),
+        "tune_grids": ("0.5:20:32,1:10:16", "Tuning grid: search grids min:max:K."),
+        "tune_student_temperatures": (
+            "tau,4",
+            "Tuning grid: student temperature (`tau` or numbers).",
+        ),
+        "tune_mode": (
+            "sweep",
+            "sweep: the --isats_* settings plus one factor changed at a time to each of its "
+            "tuning values (1 + sum of (values - 1) runs); grid: every combination.",
+            ["sweep", "grid"],
+        ),
+        "tune_seeds": ("0", "Seeds of the tuning runs."),
+        "tune_kd_temperatures": (
+            "1,2,3,4,6,8",
+            "kd_tuned: the KD temperatures tried on the validation split (per teacher).",
+        ),
+        "tune_ats": (
+            "4:2,3:2,2:1,6:4,8:4,2:2",
+            "ats_tuned: the (tau1:tau2) pairs tried on the validation split (per teacher).",
+        ),
+        "tune_isats_margins": (
+            "0,0.25,0.5",
+            "isats_margin: the ISATS target margins kappa in [0, 1] tried on the validation "
+            "split (per teacher; ISATS(target_margin=kappa) with the run's ISATS settings).",
+        ),
+        "pipeline": (
+            "auto",
+            "Input pipeline: tf.data, or NumPy augmentation in a PyDataset (no TensorFlow "
+            "needed). auto: tf.data when TensorFlow is installed.",
+            ["auto", "tfdata", "numpy"],
+        ),
+        "teacher_logits": (
+            "auto",
+            "cached: compute each augmented epoch's teacher logits once per (teacher, seed) "
+            "and reuse them for every method; online: the Distiller runs the teacher each "
+            "step; auto: cached when the cache fits --logits_cache_mb.",
+            ["auto", "cached", "online"],
+        ),
+        "logits_cache_mb": (2048, "Memory bound of cached logits."),
+        "jit_compile": (
+            "auto",
+            "jit_compile of the student steps (auto: Keras's choice, XLA off on a CPU-only "
+            "TensorFlow).",
+            ["auto", "true", "false"],
+        ),
+        "verbose": (0, "Keras fit verbosity."),
+        "smoke": (
+            False,
+            "Tiny run (resnet14/resnet8 -> resnet8, 4 images/class, 2 epochs, 1 seed; output "
+            "tag smoke_<backend>, cache under <cache_dir>/smoke).",
+        ),
+    },
 )
-flags.DEFINE_string(
-    "cache_dir", DEFAULT_CACHE_DIR, "Where trained teachers are cached.", flag_values=FLAGS
-)
-flags.DEFINE_string("tag", None, "Result name: capacity_mismatch_<tag>.json.", flag_values=FLAGS)
-flags.DEFINE_string("output", None, "JSON path (overrides --tag).", flag_values=FLAGS)
-flags.DEFINE_string("student", "resnet8", "Student zoo model.", flag_values=FLAGS)
-flags.DEFINE_string("small_teacher", "resnet14", "Small teacher zoo model.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "large_teacher",
-    "wrn_16_2",
-    "Large teacher zoo model (wrn_16_2: more accurate than resnet14 at the CPU scale; "
-    "resnet32 was not).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer("per_class", 20, "Training images per class (500 = all).", flag_values=FLAGS)
-flags.DEFINE_integer(
-    "classes",
-    100,
-    "Use the first N classes of CIFAR-100 (labels 0..N-1; 100 = all). A class subset gives "
-    "each class more images for the same cost.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "val_per_class", 10, "Validation images per class, from the training split.", flag_values=FLAGS
-)
-flags.DEFINE_integer("test_per_class", 0, "Test images per class (0 = all 100).", flag_values=FLAGS)
-flags.DEFINE_integer("teacher_epochs", 80, "Teacher training epochs.", flag_values=FLAGS)
-flags.DEFINE_float("teacher_lr", 0.05, "Teacher initial learning rate.", flag_values=FLAGS)
-flags.DEFINE_float(
-    "teacher_weight_decay",
-    5e-5,
-    "Teacher PyTorch-style weight decay (weak: over-confident teachers).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_bool("teacher_augment", True, "Crop and flip for teachers.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "teacher_dtype_policy",
-    "float32",
-    "Keras dtype policy of teacher training and inference, e.g. mixed_bfloat16 on a GPU "
-    "(on the 2-core TensorFlow CPU it measured 0.7x the speed of float32).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "student_dtype_policy",
-    "float32",
-    "Keras dtype policy of the students (logits and losses stay float32).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_float("regt_gamma", 0.1, "RegT teacher: gamma.", flag_values=FLAGS)
-flags.DEFINE_float(
-    "flat_label_smoothing",
-    0.0,
-    "> 0: also train `large_flat`, the large teacher with this label smoothing (flat "
-    "non-target probabilities, the property the paper finds in large teachers).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "teacher_roles",
-    "small,large",
-    "Teachers the distillation methods run for: small, large, large_flat.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_float("regt_temperature", 4.0, "RegT teacher: tau_r.", flag_values=FLAGS)
-flags.DEFINE_integer("epochs", 30, "Student epochs.", flag_values=FLAGS)
-flags.DEFINE_float("lr", 0.05, "Student initial learning rate.", flag_values=FLAGS)
-flags.DEFINE_float("weight_decay", 5e-4, "Student PyTorch-style weight decay.", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 64, "Batch size (teachers and students).", flag_values=FLAGS)
-flags.DEFINE_string("seeds", "0,1", "Comma list of student seeds.", flag_values=FLAGS)
-flags.DEFINE_integer("teacher_seed", 0, "Seed of the teachers.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "methods", ",".join(DEFAULT_METHODS), "Comma list of methods.", flag_values=FLAGS
-)
-flags.DEFINE_bool(
-    "resume",
-    True,
-    "Keep the finished tuning and student runs of an unfinished results file with the same "
-    "settings (a run killed part-way goes on where it stopped); --noresume starts over.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "small_methods",
-    None,
-    "Comma list of the methods run for the small teacher (default: those of --methods).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "eval_every", 5, "Evaluate students every N epochs (and at the last).", flag_values=FLAGS
-)
-flags.DEFINE_float("temperature", 4.0, "KD/FGCR temperature and the analysis T.", flag_values=FLAGS)
-flags.DEFINE_float("fgcr_weight", 0.5, "FGCR: weight w of the class relations.", flag_values=FLAGS)
-flags.DEFINE_float("isats_target_ratio", 2.0, "ISATS: tau1 = ratio * tau*.", flag_values=FLAGS)
-flags.DEFINE_float("isats_fallback", 4.0, "ISATS: misclassified samples' T.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "isats_grid", "0.5:20:32", "ISATS search grid min:max:candidates.", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "isats_student_temperature",
-    "tau",
-    "ISATS: the student's temperature, `tau` (tau2 = tau* per sample) or a number.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_bool("tune", False, "Tune ISATS on the validation split first.", flag_values=FLAGS)
-flags.DEFINE_bool("tune_only", False, "Stop after tuning.", flag_values=FLAGS)
-flags.DEFINE_bool(
-    "teachers_only",
-    False,
-    "Train (or load) the teachers, print their table and the checks, and stop: check that "
-    "the teachers show the regime before spending the students' time.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string("tune_target_ratios", "1,2,3", "Tuning grid: target_ratio.", flag_values=FLAGS)
-flags.DEFINE_string("tune_fallbacks", "2,4", "Tuning grid: fallback T.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "tune_grids", "0.5:20:32,1:10:16", "Tuning grid: search grids min:max:K.", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "tune_student_temperatures",
-    "tau,4",
-    "Tuning grid: student temperature (`tau` or numbers).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_enum(
-    "tune_mode",
-    "sweep",
-    ["sweep", "grid"],
-    "sweep: the --isats_* settings plus one factor changed at a time to each of its "
-    "tuning values (1 + sum of (values - 1) runs); grid: every combination.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string("tune_seeds", "0", "Seeds of the tuning runs.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "tune_kd_temperatures",
-    "1,2,3,4,6,8",
-    "kd_tuned: the KD temperatures tried on the validation split (per teacher).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "tune_ats",
-    "4:2,3:2,2:1,6:4,8:4,2:2",
-    "ats_tuned: the (tau1:tau2) pairs tried on the validation split (per teacher).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "tune_isats_margins",
-    "0,0.25,0.5",
-    "isats_margin: the ISATS target margins kappa in [0, 1] tried on the validation split "
-    "(per teacher; ISATS(target_margin=kappa) with the run's ISATS settings).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_enum(
-    "pipeline",
-    "auto",
-    ["auto", "tfdata", "numpy"],
-    "Input pipeline: tf.data, or NumPy augmentation in a PyDataset (no TensorFlow needed). "
-    "auto: tf.data when TensorFlow is installed.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_enum(
-    "teacher_logits",
-    "auto",
-    ["auto", "cached", "online"],
-    "cached: compute each augmented epoch's teacher logits once per (teacher, seed) and "
-    "reuse them for every method; online: the Distiller runs the teacher each step; "
-    "auto: cached when the cache fits --logits_cache_mb.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer("logits_cache_mb", 2048, "Memory bound of cached logits.", flag_values=FLAGS)
-flags.DEFINE_enum(
-    "jit_compile",
-    "auto",
-    ["auto", "true", "false"],
-    "jit_compile of the student steps (auto: Keras's choice, XLA off on a CPU-only TensorFlow).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.", flag_values=FLAGS)
 _common.define_threads_flag(FLAGS)
-flags.DEFINE_bool(
-    "smoke",
-    False,
-    "Tiny run (resnet14/resnet8 -> resnet8, 4 images/class, 2 epochs, 1 seed; output tag "
-    "smoke_<backend>, cache under <cache_dir>/smoke).",
-    flag_values=FLAGS,
-)
-
-
-# ------------------------------------------------------------------------- data
-class Data:
-    """The train / validation / test arrays and the pipelines built on them.
-
-    Args:
-        data_dir: the CIFAR-100 npz folder.
-        per_class: training images per class.
-        val_per_class: validation images per class (the next ones of each class
-            of the training split, disjoint from the training subset).
-        test_per_class: test images per class (0: all).
-        batch_size: batch size.
-        pipeline: `tfdata` or `numpy`.
-        classes: keep the first `classes` classes (labels stay 0..classes-1).
-    """
-
-    def __init__(
-        self,
-        data_dir: str,
-        per_class: int,
-        val_per_class: int,
-        test_per_class: int,
-        batch_size: int,
-        pipeline: str = "tfdata",
-        classes: int = NUM_CLASSES,
-    ):
-        self.pipeline = pipeline
-        self.num_classes = classes
-        (x_train, y_train), (x_test, y_test) = load_cifar100_arrays(data_dir)
-        if classes < NUM_CLASSES:
-            keep_train, keep_test = y_train < classes, y_test < classes
-            x_train, y_train = x_train[keep_train], y_train[keep_train]
-            x_test, y_test = x_test[keep_test], y_test[keep_test]
-        train_idx = stratified_indices(y_train, per_class)
-        if val_per_class > 0:
-            both = stratified_indices(y_train, per_class + val_per_class)
-            val_idx = np.setdiff1d(both, train_idx)
-        else:
-            val_idx = np.array([], dtype=np.int64)
-        self.train = (x_train[train_idx], y_train[train_idx])
-        self.val = (x_train[val_idx], y_train[val_idx])
-        if test_per_class > 0:
-            keep = stratified_indices(y_test, test_per_class)
-            x_test, y_test = x_test[keep], y_test[keep]
-        self.test = (x_test, y_test)
-        self.batch_size = batch_size
-        if len(self.train[1]) < batch_size:
-            raise ValueError(
-                f"--batch_size={batch_size} exceeds the {len(self.train[1])} training images."
-            )
-        self.steps_per_epoch = len(self.train[1]) // batch_size
-
-    def sizes(self) -> dict[str, int]:
-        """Numbers of images per split."""
-        return {k: len(getattr(self, k)[1]) for k in ("train", "val", "test")}
-
-    def train_epoch(self, seed: int, epoch: int, augment: bool = True) -> Any:
-        """One epoch of shuffled, augmented training batches, replayable from `(seed, epoch)`.
-
-        Args:
-            seed: shuffle and augmentation seed.
-            epoch: the epoch.
-            augment: crop and flip.
-
-        Returns:
-            A dataset of `(image, label)`, whole batches only.
-        """
-        if self.pipeline == "numpy":
-            return ArrayImageDataset(
-                *self.train, self.batch_size, augment, True, seed, drop_remainder=True, epoch=epoch
-            )
-        train_ds, _ = cifar100_datasets_from_arrays(
-            self.train,
-            self.test,
-            batch_size=self.batch_size,
-            seed=seed,
-            augment=augment,
-            drop_remainder=True,
-            epoch=epoch,
-        )
-        return train_ds
-
-    def train_epochs(self, seed: int, augment: bool = True) -> Any:
-        """The epoch-aware training dataset (for teachers; see `keras_kdcap.data.EpochSync`)."""
-        if self.pipeline == "numpy":
-            return ArrayImageDataset(
-                *self.train, self.batch_size, augment, True, seed, drop_remainder=True
-            )
-        train_ds, _ = cifar100_datasets_from_arrays(
-            self.train,
-            self.test,
-            batch_size=self.batch_size,
-            seed=seed,
-            augment=augment,
-            drop_remainder=True,
-        )
-        return train_ds
-
-    def eval(self, split: str) -> Any:
-        """Batches of a split in order, normalised, not augmented.
-
-        Args:
-            split: `train`, `val` or `test`.
-
-        Returns:
-            A tf.data dataset of `(image, label)`.
-        """
-        arrays = getattr(self, split)
-        if self.pipeline == "numpy":
-            return ArrayImageDataset(*arrays, 256)
-        _, ds = cifar100_datasets_from_arrays(
-            self.train, arrays, batch_size=self.batch_size, eval_batch_size=256
-        )
-        return ds
-
-
-def accuracy(model: keras.Model, data: Data, split: str) -> tuple[float, np.ndarray]:
-    """Top-1 accuracy of a logits model on a split, and its logits.
-
-    Args:
-        model: gives `[B, C]` logits.
-        data: the data.
-        split: `train`, `val` or `test`.
-
-    Returns:
-        `(accuracy, float32 logits [N, C])`; accuracy is NaN on an empty split.
-    """
-    labels = getattr(data, split)[1]
-    if len(labels) == 0:
-        return float("nan"), np.zeros((0, data.num_classes), np.float32)
-    logits = np.asarray(model.predict(data.eval(split), verbose=0), np.float32)
-    return float(np.mean(np.argmax(logits, -1) == labels)), logits
 
 
 # --------------------------------------------------------------------- teachers
@@ -543,7 +365,9 @@ def teacher_key(role: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return key
 
 
-def get_teacher(role: str, data: Data, cfg: dict[str, Any]) -> tuple[keras.Model, dict[str, Any]]:
+def get_teacher(
+    role: str, data: CifarSplits, cfg: dict[str, Any]
+) -> tuple[keras.Model, dict[str, Any]]:
     """Loads a cached teacher or trains and caches it.
 
     Args:
@@ -556,57 +380,49 @@ def get_teacher(role: str, data: Data, cfg: dict[str, Any]) -> tuple[keras.Model
         the last epoch's training metrics.
     """
     key = teacher_key(role, cfg)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    folder = Path(cfg["cache_dir"]) / "teachers" / f"{key['model']}-{key['loss']}-{digest}"
-    meta = folder / "meta.json"
-    if (folder / "teacher.keras").is_file() and meta.is_file():
-        try:  # verified: a file cut short by a kill is retrained, never loaded
-            info = files.load_json(meta)
-            if info.get("key") == key:
-                model = files.load_model_verified(folder / "teacher.keras", compile=False)
-                print(f"[teacher {role}] cached: {folder}", flush=True)
-                return model, {**info["training"], "cached": True, "path": _common.relative(folder)}
-        except files.CorruptFileError as error:
-            print(f"[teacher {role}] {error} Retraining it.", flush=True)
-            meta.unlink()
-    print(
-        f"[teacher {role}] training {key['model']} for {key['epochs']} epochs on "
-        f"{data.sizes()['train']} images ({key['loss']})",
-        flush=True,
-    )
     seed = cfg["teacher_seed"] * 1000 + ROLE_SEEDS[role]
-    keras.utils.set_random_seed(seed)
-    start = time.perf_counter()
-    with DtypePolicyScope(key["dtype_policy"]):
-        model = build_teacher(key["model"], data.num_classes, weight_decay=key["weight_decay"])
-        regt, loss = None, None
-        if key["loss"] == "regt":
-            regt = {"gamma": key["regt_gamma"], "temperature": key["regt_temperature"]}
-        if key["loss"] == "smoothed":
-            loss = SmoothedCrossEntropy(key["label_smoothing"])
-        model, history = train_teacher(
-            model,
-            data.train_epochs(seed, augment=key["augment"]),
-            key["epochs"],
-            lr=key["lr"],
-            weight_decay=key["weight_decay"],
-            regt=regt,
-            loss=loss,
-            checkpoint_dir=folder,
-            verbose=cfg["verbose"],
+
+    def train(folder: Path) -> tuple[keras.Model, dict[str, list[float]]]:
+        print(
+            f"[teacher {role}] training {key['model']} for {key['epochs']} epochs on "
+            f"{data.sizes()['train']} images ({key['loss']})",
+            flush=True,
         )
-    training = {
-        "train_seconds": time.perf_counter() - start,
-        "final_loss": float(history["loss"][-1]),
-        "final_augmented_train_accuracy": float(history["accuracy"][-1]),
-    }
-    files.atomic_write_json(meta, {"key": key, "training": training})  # written last
-    return model, {**training, "cached": False, "path": _common.relative(folder)}
+        keras.utils.set_random_seed(seed)
+        with DtypePolicyScope(key["dtype_policy"]):
+            model = build_teacher(key["model"], data.num_classes, weight_decay=key["weight_decay"])
+            regt, loss = None, None
+            if key["loss"] == "regt":
+                regt = {"gamma": key["regt_gamma"], "temperature": key["regt_temperature"]}
+            if key["loss"] == "smoothed":
+                loss = SmoothedCrossEntropy(key["label_smoothing"])
+            return train_teacher(
+                model,
+                data.train_epochs(seed, augment=key["augment"]),
+                key["epochs"],
+                lr=key["lr"],
+                weight_decay=key["weight_decay"],
+                regt=regt,
+                loss=loss,
+                checkpoint_dir=folder,
+                verbose=cfg["verbose"],
+            )
+
+    return teacher_store(cfg).get(key, train, label=f"teacher {role}")
+
+
+def teacher_store(cfg: dict[str, Any]) -> TeacherStore:
+    """The teachers' cache: `<cache_dir>/teachers/<model>-<loss>-<digest of the key>/`."""
+    return TeacherStore(
+        Path(cfg["cache_dir"]) / "teachers",
+        prefix=lambda key: f"{key['model']}-{key['loss']}",
+        relative_to=_common.REPO,
+    )
 
 
 def teacher_report(
     model: keras.Model,
-    data: Data,
+    data: CifarSplits,
     cfg: dict[str, Any],
     small_logits: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
@@ -626,9 +442,9 @@ def teacher_report(
         `small_logits`, `spearman_vs_small` and `overlap5_vs_small`
         (statistics on the clean training images).
     """
-    train_acc, train_logits = accuracy(model, data, "train")
-    val_acc, _ = accuracy(model, data, "val")
-    test_acc, test_logits = accuracy(model, data, "test")
+    train_acc, train_logits = data.accuracy(model, "train")
+    val_acc, _ = data.accuracy(model, "val")
+    test_acc, test_logits = data.accuracy(model, "test")
     labels = data.train[1]
     stats = non_target_stats(train_logits, labels, cfg["temperature"])
     test_stats = non_target_stats(test_logits, data.test[1], cfg["temperature"])
@@ -728,12 +544,17 @@ def method_setup(
             "temperature_scaling": True,
             "description": f"w {cfg['fgcr_weight']}, T={t}, class-mean relations",
         }
-    if method == "isats_margin":
+    if method in ("isats", "isats_margin"):
         student_t = isats.get("student_temperature", "tau")
-        kappa = tuned["target_margin"]
+        if method == "isats":
+            target = {"target_ratio": isats["target_ratio"]}
+            how = f"ratio {isats['target_ratio']}"
+        else:
+            target = {"target_margin": tuned["target_margin"]}
+            how = f"target margin kappa {tuned['target_margin']:g} (tuned on validation)"
         return {
             "policy": ISATS(
-                target_margin=kappa,
+                **target,
                 fallback_temperature=isats["fallback"],
                 student_temperature=None if student_t == "tau" else student_t,
                 **parse_grid(isats["grid"]),
@@ -741,26 +562,8 @@ def method_setup(
             "alpha": 0.1,
             "beta": 0.9,
             "temperature_scaling": True,
-            "description": f"target margin kappa {kappa:g} (tuned on validation), "
-            f"fallback {isats['fallback']}, grid {isats['grid']}, student T = "
-            f"{'tau*' if student_t == 'tau' else student_t}, alpha 0.1, beta 0.9",
-        }
-    if method == "isats":
-        student_t = isats.get("student_temperature", "tau")
-        policy = ISATS(
-            target_ratio=isats["target_ratio"],
-            fallback_temperature=isats["fallback"],
-            student_temperature=None if student_t == "tau" else student_t,
-            **parse_grid(isats["grid"]),
-        )
-        return {
-            "policy": policy,
-            "alpha": 0.1,
-            "beta": 0.9,
-            "temperature_scaling": True,
-            "description": f"ratio {isats['target_ratio']}, fallback {isats['fallback']}, "
-            f"grid {isats['grid']}, student T = "
-            f"{'tau*' if student_t == 'tau' else student_t}, alpha 0.1, beta 0.9",
+            "description": f"{how}, fallback {isats['fallback']}, grid {isats['grid']}, "
+            f"student T = {'tau*' if student_t == 'tau' else student_t}, alpha 0.1, beta 0.9",
         }
     if method in EXTRA_METHODS:
         weights = (1.0, 1.0) if method == "dkd" else (0.1, 0.9)
@@ -784,7 +587,7 @@ class TeacherLogits:
         epochs: number of epochs.
     """
 
-    def __init__(self, teacher: keras.Model, data: Data, seed: int, epochs: int):
+    def __init__(self, teacher: keras.Model, data: CifarSplits, seed: int, epochs: int):
         start = time.perf_counter()
         self.logits = [
             np.asarray(teacher.predict(data.train_epoch(seed, e), verbose=0), np.float32)
@@ -792,7 +595,7 @@ class TeacherLogits:
         ]
         self.seconds = time.perf_counter() - start
 
-    def dataset(self, data: Data, seed: int, epoch: int) -> Any:
+    def dataset(self, data: CifarSplits, seed: int, epoch: int) -> Any:
         """The epoch's batches as `({"inputs": x, "teacher_logits": f}, y)`.
 
         Args:
@@ -817,18 +620,7 @@ def _with_teacher_logits(batch: tuple, logits: Any) -> tuple:
     return with_teacher_logits(x, logits), y
 
 
-def resolve_pipeline(name: str) -> str:
-    """`auto` -> `tfdata` when TensorFlow imports, else `numpy`."""
-    if name != "auto":
-        return name
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return "numpy"
-    return "tfdata"
-
-
-def cache_fits(data: Data, cfg: dict[str, Any]) -> bool:
+def cache_fits(data: CifarSplits, cfg: dict[str, Any]) -> bool:
     """Whether `--teacher_logits` resolves to the cache."""
     if cfg["pipeline"] == "numpy":
         return False  # the cached batches are assembled with tf.data
@@ -900,7 +692,7 @@ def train_student(
     method: str,
     teacher: keras.Model | None,
     cached: TeacherLogits | None,
-    data: Data,
+    data: CifarSplits,
     seed: int,
     cfg: dict[str, Any],
     isats: dict[str, Any],
@@ -988,7 +780,7 @@ def train_student(
         last_logs = {k: float(v[-1]) for k, v in history.history.items()}
         if epoch + 1 in eval_epochs:
             for split in eval_splits:
-                curves[split].append(accuracy(student, data, split)[0])
+                curves[split].append(data.accuracy(student, split)[0])
         progress.commit(
             model,
             {
@@ -1017,7 +809,7 @@ def train_student(
 
 
 # ------------------------------------------------------------------------- runs
-def run_tuning(data: Data, store: LogitsStore, cfg: dict[str, Any]) -> dict[str, Any]:
+def run_tuning(data: CifarSplits, store: LogitsStore, cfg: dict[str, Any]) -> dict[str, Any]:
     """ISATS from the large teacher over a small grid, scored on the validation split.
 
     Args:
@@ -1026,39 +818,16 @@ def run_tuning(data: Data, store: LogitsStore, cfg: dict[str, Any]) -> dict[str,
         cfg: the configuration.
 
     Returns:
-        `{"grid": [...records], "choice": {...}, "criterion"}`.
+        `{"criterion", "mode", "teacher", "trials", "choice"}`; the choice holds
+        the settings and their `val_last_mean`.
     """
-    if data.sizes()["val"] == 0:
-        raise app.UsageError("--tune needs a validation split: set --val_per_class > 0.")
-    teacher = store.teachers["large"]
-    trials = []
-    for seed in cfg["tune_seeds"]:
-        cached, _ = store.get("large", seed)
-        for settings in tuning_trials(cfg):
-            print(f"[tune] seed {seed} ISATS {settings}", flush=True)
-            run = train_student("isats", teacher, cached, data, seed, cfg, settings, ("val",))
-            trials.append(
-                {
-                    **settings,
-                    "seed": seed,
-                    "val_last": run["val_last"],
-                    "val_best": run["val_best"],
-                    "seconds": run["seconds"],
-                    "last_epoch_metrics": run["last_epoch_metrics"],
-                }
-            )
-    scores: dict[tuple, list[float]] = {}
-    for trial in trials:
-        scores.setdefault(tuple(trial[k] for k in TUNED), []).append(trial["val_last"])
-    best = max(scores, key=lambda k: (statistics.mean(scores[k]), -k[0]))
-    choice = {**dict(zip(TUNED, best, strict=True)), "val_last_mean": statistics.mean(scores[best])}
-    print(f"[tune] choice {choice}", flush=True)
+    record = tune_method("isats", "large", data, store, cfg, isats_from_flags(cfg))
     return {
-        "criterion": "mean last-epoch validation accuracy (ties: smaller ratio)",
+        "criterion": record["criterion"],
         "mode": cfg["tune_mode"],
         "teacher": "large",
-        "trials": trials,
-        "choice": choice,
+        "trials": record["trials"],
+        "choice": {**record["choice"], "val_last_mean": record["val_last_mean"]},
     }
 
 
@@ -1095,15 +864,18 @@ def tuning_trials(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def tuning_candidates(method: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The settings a tuned method tries, each as `method_setup`'s `tuned` dict.
+    """The settings a tuned method tries: `method_setup`'s `tuned` dict, or ISATS's settings.
 
     Args:
-        method: `kd_tuned`, `ats_tuned` or `isats_margin`.
+        method: `isats` (`--tune`), `kd_tuned`, `ats_tuned` or `isats_margin`.
         cfg: the configuration.
 
     Returns:
-        One dict per candidate, in the order that breaks ties (first wins).
+        One dict per candidate, in the order that breaks ties (first wins; ISATS:
+        the smaller target ratio first).
     """
+    if method == "isats":
+        return tuning_trials(cfg)
     if method == "kd_tuned":
         return [{"kd_temperature": t} for t in cfg["tune_kd_temperatures"]]
     if method == "isats_margin":
@@ -1120,7 +892,7 @@ class LogitsStore:
         cfg: the configuration (`epochs`, and whether the cache fits).
     """
 
-    def __init__(self, teachers: dict[str, keras.Model], data: Data, cfg: dict[str, Any]):
+    def __init__(self, teachers: dict[str, keras.Model], data: CifarSplits, cfg: dict[str, Any]):
         self.teachers, self.data, self.epochs = teachers, data, cfg["epochs"]
         self.enabled = cache_fits(data, cfg)
         self.key: tuple[str, int] | None = None
@@ -1140,15 +912,20 @@ class LogitsStore:
 def tune_method(
     method: str,
     role: str,
-    data: Data,
+    data: CifarSplits,
     store: LogitsStore,
     cfg: dict[str, Any],
     isats: dict[str, Any],
 ) -> dict[str, Any]:
-    """Chooses a tuned method's setting for one teacher on the validation split.
+    """Chooses a method's settings for one teacher on the validation split.
+
+    Every candidate of `tuning_candidates` is trained on each tuning seed; the
+    one with the best mean last-epoch validation accuracy wins (ties: see
+    `TIE_BREAKS`).
 
     Args:
-        method: `kd_tuned`, `ats_tuned` or `isats_margin`.
+        method: `isats` (its settings, `--tune`), `kd_tuned`, `ats_tuned` or
+            `isats_margin`.
         role: the teacher's role.
         data: the data (its validation split must not be empty).
         store: cached teacher logits.
@@ -1157,33 +934,33 @@ def tune_method(
             student temperature; unused by the others).
 
     Returns:
-        `{"method", "teacher", "criterion", "trials", "choice", "val_last_mean"}`:
-        the choice has the best mean last-epoch validation accuracy (ties: the
-        earlier candidate).
+        `{"method", "teacher", "criterion", "trials", "choice", "val_last_mean"}`.
     """
     if data.sizes()["val"] == 0:
-        raise app.UsageError(f"{method} needs a validation split: set --val_per_class > 0.")
+        what = "--tune" if method == "isats" else method
+        raise app.UsageError(f"{what} needs a validation split: set --val_per_class > 0.")
     candidates = tuning_candidates(method, cfg)
+    fields = TRIAL_FIELDS.get(method, ("val_last", "seconds"))
     trials = []
     for seed in cfg["tune_seeds"]:
         cached, _ = store.get(role, seed)
         for candidate in candidates:
             print(f"[tune {method} <- {role}] seed {seed} {candidate}", flush=True)
+            settings = candidate if method == "isats" else isats
             run = train_student(
-                method, store.teachers[role], cached, data, seed, cfg, isats, ("val",), candidate
+                method, store.teachers[role], cached, data, seed, cfg, settings, ("val",), candidate
             )
-            trials.append(
-                {**candidate, "seed": seed, "val_last": run["val_last"], "seconds": run["seconds"]}
-            )
+            trials.append({**candidate, "seed": seed, **{k: run[k] for k in fields}})
     means = [
         statistics.mean(t["val_last"] for t in trials if _same_setting(t, c)) for c in candidates
     ]
-    best = int(np.argmax(means))  # first maximum: ties go to the earlier candidate
+    tie_break, rule = TIE_BREAKS.get(method, (lambda c: 0.0, "the earlier candidate"))
+    best = min(range(len(candidates)), key=lambda i: (-means[i], tie_break(candidates[i]), i))
     print(f"[tune {method} <- {role}] choice {candidates[best]}", flush=True)
     return {
         "method": method,
         "teacher": role,
-        "criterion": "mean last-epoch validation accuracy (ties: the earlier candidate)",
+        "criterion": f"mean last-epoch validation accuracy (ties: {rule})",
         "trials": trials,
         "choice": candidates[best],
         "val_last_mean": means[best],
@@ -1654,14 +1431,14 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
     environment = _common.environment_with_threads(cfg["threads"])
     if cfg["backend_jax_cache"]:
         _enable_jax_cache(Path(cfg["cache_dir"]) / "jax_cache")
-    data = Data(
+    data = CifarSplits.from_npz(
         cfg["data_dir"],
         cfg["per_class"],
-        cfg["val_per_class"],
-        cfg["test_per_class"],
-        cfg["batch_size"],
-        cfg["pipeline"],
-        cfg["classes"],
+        val_per_class=cfg["val_per_class"],
+        test_per_class=cfg["test_per_class"],
+        batch_size=cfg["batch_size"],
+        pipeline=cfg["pipeline"],
+        classes=cfg["classes"],
     )
     state = resume_state(cfg)
     roles = ["small", "large"] if any(m != "ce" for m in cfg["methods"]) or cfg["tune"] else []
@@ -1818,6 +1595,14 @@ def _student_temperature(text: str) -> str | float:
     return value
 
 
+def _pipeline(name: str) -> str:
+    """`--pipeline`, with `auto` resolved (see `keras_kdcap.data.resolve_pipeline`)."""
+    try:
+        return resolve_pipeline(name)
+    except ValueError as error:
+        raise app.UsageError(f"--{error}") from None
+
+
 def _floats(text: str, name: str) -> list[float]:
     try:
         return [float(v) for v in _common.parse_list(text)]
@@ -1920,7 +1705,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         "verbose": FLAGS.verbose,
         "threads": FLAGS.threads,
         "smoke": FLAGS.smoke,
-        "pipeline": resolve_pipeline(FLAGS.pipeline),
+        "pipeline": _pipeline(FLAGS.pipeline),
     }
     if FLAGS.smoke:
         cfg.update(SMOKE)

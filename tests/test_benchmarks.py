@@ -208,6 +208,88 @@ def test_capacity_mismatch_isats_margin_setup(capacity):
     assert "isats_margin" not in capacity.DEFAULT_METHODS  # on request only
 
 
+class _TuningData:
+    """The data of a tuning loop that trains nothing (see `_fake_students`)."""
+
+    def sizes(self):
+        return {"train": 10, "val": 10, "test": 10}
+
+
+class _TuningStore:
+    teachers = {"large": "the large teacher", "small": "the small teacher"}
+
+    def get(self, role, seed):
+        return None, 0.0
+
+
+def _fake_students(monkeypatch, capacity, scores):
+    """`train_student` replaced: a candidate's validation accuracy is `scores(candidate, seed)`."""
+    calls = []
+
+    def train_student(method, teacher, cached, data, seed, cfg, isats, splits, tuned=None):
+        calls.append((method, teacher, seed, dict(isats), tuned))
+        candidate = isats if method == "isats" else tuned
+        value = scores(candidate, seed)
+        return {
+            "val_last": value,
+            "val_best": value + 0.1,
+            "seconds": 1.0,
+            "last_epoch_metrics": {},
+        }
+
+    monkeypatch.setattr(capacity, "train_student", train_student)
+    return calls
+
+
+def test_capacity_mismatch_one_tuning_loop_keeps_its_records(capacity, monkeypatch):
+    isats = {
+        "target_ratio": 2.0,
+        "fallback": 4.0,
+        "grid": "0.5:20:32",
+        "student_temperature": "tau",
+    }
+    cfg = {
+        **{f"isats_{k}": v for k, v in isats.items()},
+        "tune_target_ratios": [1.0, 2.0, 3.0],
+        "tune_fallbacks": [4.0],
+        "tune_grids": ["0.5:20:32"],
+        "tune_student_temperatures": ["tau"],
+        "tune_mode": "sweep",
+        "tune_seeds": [0, 1],
+        "tune_kd_temperatures": [2.0, 4.0, 8.0],
+    }
+    # ISATS: ratios 3 and 1 tie on the mean (0.5); the smaller ratio wins
+    calls = _fake_students(
+        monkeypatch,
+        capacity,
+        lambda c, seed: {1.0: 0.5, 2.0: 0.25, 3.0: 0.25 + 0.5 * seed}[c["target_ratio"]],
+    )
+    tuning = capacity.run_tuning(_TuningData(), _TuningStore(), cfg)
+    assert tuning["choice"] == {**isats, "target_ratio": 1.0, "val_last_mean": 0.5}
+    assert tuning["criterion"].endswith("(ties: smaller ratio)")
+    assert (tuning["mode"], tuning["teacher"]) == ("sweep", "large")
+    assert [t["target_ratio"] for t in tuning["trials"]] == [2.0, 1.0, 3.0] * 2
+    assert set(tuning["trials"][0]) == {
+        *isats,
+        "seed",
+        "val_last",
+        "val_best",
+        "seconds",
+        "last_epoch_metrics",
+    }
+    assert calls[1][:4] == ("isats", "the large teacher", 0, {**isats, "target_ratio": 1.0})
+    # a tuned method: a tie goes to the earlier candidate
+    _fake_students(
+        monkeypatch, capacity, lambda c, seed: {2.0: 0.3, 4.0: 0.6, 8.0: 0.6}[c["kd_temperature"]]
+    )
+    record = capacity.tune_method("kd_tuned", "small", _TuningData(), _TuningStore(), cfg, isats)
+    assert record["choice"] == {"kd_temperature": 4.0} and record["val_last_mean"] == 0.6
+    assert (record["method"], record["teacher"]) == ("kd_tuned", "small")
+    assert record["criterion"].endswith("(ties: the earlier candidate)")
+    assert len(record["trials"]) == 6
+    assert set(record["trials"][0]) == {"kd_temperature", "seed", "val_last", "seconds"}
+
+
 def _regime_results():
     return json.loads((BENCHMARKS / "results" / "capacity_mismatch_regime.json").read_text())
 
@@ -416,6 +498,28 @@ def test_capacity_mismatch_teachers_only(capacity, tmp_path, one_thread):
     assert "| teacher | model |" in results["markdown"]
     assert "| teacher | method |" not in results["markdown"]  # no empty student table
     assert -1.0 <= results["teachers"]["large"]["spearman_vs_small"] < 1.0
+    # --tune_only on the same teachers (loaded from the cache): ISATS tuned, then a stop
+    argv = _tiny_capacity_argv(
+        tmp_path,
+        tmp_path / "tuned.json",
+        "--val_per_class=1",
+        "--epochs=1",
+        "--tune_only",
+        "--tune_target_ratios=1,2",
+        "--tune_fallbacks=4",
+        "--tune_grids=0.5:20:32",
+        "--tune_student_temperatures=tau",
+    )
+    tuned = capacity.main(argv)
+    assert all(t["cached"] for t in tuned["teachers"].values()) and tuned["runs"] == []
+    tuning = tuned["tuning"]
+    assert [t["target_ratio"] for t in tuning["trials"]] == [2.0, 1.0]
+    best = max(tuning["trials"], key=lambda t: (t["val_last"], -t["target_ratio"]))
+    assert tuning["choice"] == {
+        **{k: best[k] for k in capacity.TUNED},
+        "val_last_mean": best["val_last"],
+    }
+    assert tuned["isats_settings"] == {k: best[k] for k in capacity.TUNED}
     assert json.loads(output.read_text())["complete"] is True
 
 
