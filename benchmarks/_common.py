@@ -266,6 +266,26 @@ def compile_function(fn: Callable, jit_compile: bool) -> Callable:
 
 
 # ---------------------------------------------------------------- step runners
+def jax_state(model: keras.Model, kind: str) -> Any:
+    """The JAX state a compiled train or predict step of `model` takes (its variables).
+
+    Args:
+        model: a built (for `"train"`, compiled) model.
+        kind: `"train"` (with the optimizer and metrics variables) or `"predict"`.
+
+    Returns:
+        The state tuple of `model._get_jax_state`.
+    """
+    training = kind == "train"
+    return model._get_jax_state(
+        trainable_variables=True,
+        non_trainable_variables=True,
+        optimizer_variables=training,
+        metrics_variables=training,
+        purge_model_variables=False,
+    )
+
+
 class StepRunner:
     """Runs one compiled Keras step (train or predict) on a fixed batch, repeatedly.
 
@@ -322,22 +342,8 @@ class StepRunner:
             import jax.numpy as jnp
 
             data = keras.tree.map_structure(jnp.asarray, data)
-            if self.kind == "train":
-                state = model._get_jax_state(
-                    trainable_variables=True,
-                    non_trainable_variables=True,
-                    optimizer_variables=True,
-                    metrics_variables=True,
-                    purge_model_variables=False,
-                )
-                function = model.train_function
-            else:
-                state = model._get_jax_state(
-                    trainable_variables=True,
-                    non_trainable_variables=True,
-                    purge_model_variables=False,
-                )
-                function = model.predict_function
+            state = jax_state(model, self.kind)
+            function = model.train_function if self.kind == "train" else model.predict_function
             # The jitted steps donate their state: work on a private copy so that
             # variables shared with other models (a teacher) stay valid.
             holder = {"state": jax.tree_util.tree_map(jnp.copy, state)}
@@ -527,22 +533,11 @@ def op_count(model: keras.Model, kind: str, x: Any, y: Any = None) -> dict[str, 
             import jax
             import jax.numpy as jnp
 
+            state = jax_state(model, kind)
             if kind == "train":
-                state = model._get_jax_state(
-                    trainable_variables=True,
-                    non_trainable_variables=True,
-                    optimizer_variables=True,
-                    metrics_variables=True,
-                    purge_model_variables=False,
-                )
                 data = (jnp.asarray(x), jnp.asarray(y))
                 jaxpr = jax.make_jaxpr(model.train_step)(state, data)
             else:
-                state = model._get_jax_state(
-                    trainable_variables=True,
-                    non_trainable_variables=True,
-                    purge_model_variables=False,
-                )
                 jaxpr = jax.make_jaxpr(model.predict_step)(state, (jnp.asarray(x),))
             return {"ops": _jaxpr_size(jaxpr.jaxpr), "unit": "jaxpr equations"}
         if backend == "torch":
