@@ -1335,7 +1335,7 @@ def resume_state(cfg: dict[str, Any]) -> dict[str, Any]:
         when `--resume` is on and its settings match (all but `RESUME_IGNORED`);
         empty values otherwise.
     """
-    empty = {"tuning": None, "tuned": {}, "runs": []}
+    empty = {"tuning": None, "tuned": {}, "runs": [], "teachers": {}}
     path = Path(cfg["output"])
     if not cfg["resume"] or not path.is_file():
         return empty
@@ -1347,12 +1347,15 @@ def resume_state(cfg: dict[str, Any]) -> dict[str, Any]:
             "pass --noresume to start over."
         ) from None
     if _resume_key(previous.get("config", {})) != _resume_key(cfg):
-        print(f"[resume] {path} has other settings: starting over", flush=True)
-        return empty
+        raise app.UsageError(
+            f"{path} holds results of other settings ({_settings_difference(previous, cfg)}): "
+            "pass --noresume to replace them, or another --tag / --output to keep them."
+        )
     state = {
         "tuning": previous.get("tuning"),
         "tuned": previous.get("tuned_methods") or {},
         "runs": previous.get("runs") or [],
+        "teachers": previous.get("teachers") or {},
     }
     print(
         f"[resume] {path}: {len(state['runs'])} finished student runs kept"
@@ -1360,6 +1363,50 @@ def resume_state(cfg: dict[str, Any]) -> dict[str, Any]:
         flush=True,
     )
     return state
+
+
+def _settings_difference(previous: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The first settings that differ between a results file and this run, for messages."""
+    old = json.loads(_resume_key(previous.get("config", {})))
+    new = json.loads(_resume_key(cfg))
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    text = ", ".join(f"--{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3])
+    return text + (", ..." if len(keys) > 3 else "")
+
+
+#: teacher statistics that identify the teacher a result was distilled from.
+TEACHER_IDENTITY = ("train_accuracy", "val_accuracy", "test_accuracy", "non_target_variance_T")
+
+
+def check_same_teachers(
+    recorded: dict[str, dict], reports: dict[str, dict], runs: list[dict[str, Any]], path: str
+) -> None:
+    """Refuses to add runs to a results file whose teachers were other models.
+
+    A cached teacher trained again with the same settings is not the same
+    teacher (training on a CPU is not bit-reproducible), so runs distilled
+    from the two must not be compared as pairs.
+
+    Args:
+        recorded: the results file's `teachers` reports.
+        reports: this run's teacher reports.
+        runs: the file's finished runs.
+        path: the results file, for the message.
+
+    Raises:
+        UsageError: a teacher with finished runs measures differently now.
+    """
+    used = {r["teacher"] for r in runs if r.get("teacher")}
+    for role in sorted(used & set(reports)):
+        old, new = recorded.get(role, {}), reports[role]
+        for key in TEACHER_IDENTITY:
+            if key in old and not math.isclose(old[key], new[key], rel_tol=1e-5, abs_tol=1e-7):
+                raise app.UsageError(
+                    f"the {role} teacher ({new.get('path')}) is not the one the runs in {path} "
+                    f"were distilled from ({key} {new[key]:.6g} now, {old[key]:.6g} recorded): "
+                    "it was trained again, and a retrained teacher differs. Pass --noresume to "
+                    "start over with this teacher, or another --tag to keep those results."
+                )
 
 
 def _untuned_twin(
@@ -1456,6 +1503,7 @@ def run_benchmark(cfg: dict[str, Any]) -> dict[str, Any]:
             small_logits = logits
         reports[role] = {"model": teacher_key(role, cfg)["model"], **info, **report}
     timings["teachers_seconds"] = time.perf_counter() - start
+    check_same_teachers(state["teachers"], reports, state["runs"], cfg["output"])
     mismatch = {}
     for role in LARGE_ROLES:
         check = teacher_check(reports, role, cfg["temperature"])

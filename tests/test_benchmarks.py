@@ -566,6 +566,8 @@ def _records(path):
 
 @pytest.mark.one_backend
 def test_capacity_mismatch_tuned_kd_and_resume(capacity, tmp_path, one_thread):
+    from absl import app
+
     output = tmp_path / "resume.json"
     argv = _tiny_capacity_argv(
         tmp_path,
@@ -615,7 +617,26 @@ def test_capacity_mismatch_tuned_kd_and_resume(capacity, tmp_path, one_thread):
     assert resumed["tuned_methods"] == first["tuned_methods"]
     capacity._common.parse_flags(capacity.FLAGS, [*argv, "--noresume"])
     fresh = capacity.resume_state(capacity.config_from_flags([*argv, "--noresume"]))
-    assert fresh == {"tuning": None, "tuned": {}, "runs": []}  # --noresume starts over
+    assert fresh == {"tuning": None, "tuned": {}, "runs": [], "teachers": {}}  # starts over
+    other = [*argv, "--lr=0.0123"]  # other settings: refused, the file is kept
+    capacity._common.parse_flags(capacity.FLAGS, other)
+    with pytest.raises(app.UsageError, match=r"--lr: .* -> 0.0123.*--noresume"):
+        capacity.resume_state(capacity.config_from_flags(other))
+    assert _records(output) == after
+
+
+def test_resumed_runs_are_never_paired_with_a_retrained_teacher(capacity):
+    from absl import app
+
+    recorded = {"large": {"test_accuracy": 0.475, "val_accuracy": 0.486, "train_accuracy": 1.0}}
+    runs = [{"teacher": "large", "method": "kd", "seed": 0}, {"teacher": None, "method": "ce"}]
+    same = {"large": {**recorded["large"], "path": "runs/t"}}
+    capacity.check_same_teachers(recorded, same, runs, "r.json")  # the same teacher: resumes
+    retrained = {"large": {**same["large"], "test_accuracy": 0.464}}
+    with pytest.raises(app.UsageError, match=r"large teacher .*test_accuracy 0.464 now, 0.475"):
+        capacity.check_same_teachers(recorded, retrained, runs, "r.json")
+    # a teacher no finished run used may differ
+    capacity.check_same_teachers(recorded, retrained, runs[1:], "r.json")
 
 
 def test_capacity_mismatch_refuses_a_cut_results_file(capacity, tmp_path):
