@@ -1,15 +1,25 @@
 """Memory and time of the ISATS search: the `[N, K, C]` grid against the candidate scan.
 
-Two measurements, for token-level distillation over a vocabulary (N tokens,
+Three measurements, for token-level distillation over a vocabulary (N tokens,
 C classes, K candidate temperatures):
 
-- memory: XLA's compiled memory analysis on JAX (compile only, nothing is
+- memory on JAX: XLA's compiled memory analysis (compile only, nothing is
   allocated) of `isats_temperature` with `search="grid"` (one `[N, K, C]`
   evaluation) and `search="scan"` (one `[N, C]` candidate at a time), and
   of every policy's KD term with its gradient w.r.t. the student logits
   (the target computation a training step pays for). `temp` is the scratch
   memory beyond the inputs and outputs, also given in units of `N * C`
-  float32 (the logits' own size). Needs the JAX backend; skipped elsewhere.
+  float32 (the logits' own size).
+- memory on torch: each search form run for real in a fresh child process
+  (one thread): the inputs are allocated, then the peak of one call of
+  `isats_temperature` over what was resident before it. On a CPU the
+  process's resident-set high-water mark (`VmHWM - VmRSS` of
+  /proc/self/status, the mark reset through /proc/self/clear_refs just
+  before the call); on a GPU `torch.cuda.max_memory_allocated` over
+  `memory_allocated`. The scan runs at `--rows`; the grid, whose `[N, K, C]`
+  intermediates would not fit in RAM there, at `--torch_grid_rows`, its
+  scratch given in units of that `N * C` (what scales). The first call is
+  reported; later calls (`--torch_memory_calls`) are a check of it.
 - time: seconds per call of both searches at a size where both fit
   (`--time_rows`), compiled (`jax.jit`, `tf.function` with XLA) or eager
   (torch), the two forms timed in turn within each repeat; minimum and
@@ -19,10 +29,15 @@ Prints a table and writes `benchmarks/results/isats_memory_<backend>.json`.
 
 Usage:
     KERAS_BACKEND=jax python benchmarks/isats_memory.py --time_rows=256 --repeats=3
+    KERAS_BACKEND=torch python benchmarks/isats_memory.py --time_rows=128 --repeats=3 \
+        --threads=1 --torch_grid_rows=256
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +46,7 @@ from typing import Any
 
 import keras
 import numpy as np
-from absl import flags
+from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -52,6 +67,25 @@ flags.DEFINE_string(
     "Policies whose KD term (with gradient) is analysed; fgcr holds a [C, C] matrix.",
     flag_values=FLAGS,
 )
+flags.DEFINE_bool(
+    "torch_memory",
+    True,
+    "On torch, measure each search form's peak memory in a fresh child process.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "torch_grid_rows",
+    256,
+    "Tokens N of the grid form's torch measure (its [N, K, C] tensors at --rows would not fit "
+    "in RAM); 0 skips it.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "torch_memory_calls",
+    2,
+    "Calls per torch child; the first one's peak is reported, later ones check it.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string(
     "output", None, "JSON path (default: results/isats_memory_<backend>.json).", flag_values=FLAGS
 )
@@ -59,6 +93,8 @@ _common.define_threads_flag(FLAGS)
 
 SEARCHES = ("grid", "scan")
 GIB = 2**30
+#: the scan's scratch should stay within this many `N * C` float32 (issue 16).
+SCAN_LIMIT_IN_LOGITS = 4.0
 
 
 def _memory(fn, shapes) -> dict[str, float]:
@@ -120,6 +156,143 @@ def policy_memory(names: Sequence[str], rows: int, classes: int) -> list[dict[st
     return records
 
 
+def _status_bytes(field: str) -> int:
+    """A `kB` field of /proc/self/status (`VmRSS`, `VmHWM`) in bytes."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Resets `VmHWM` to the current `VmRSS` (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+        handle.write("5")
+
+
+def _torch_unmeasured() -> str | None:
+    """Why the torch measure cannot run here (None where it can)."""
+    import torch
+
+    if torch.cuda.is_available() or Path("/proc/self/clear_refs").exists():
+        return None
+    return "no GPU and no /proc/self/clear_refs (Linux) to reset the resident-set peak"
+
+
+def torch_search_peak(
+    search: str, rows: int, classes: int, candidates: int, calls: int
+) -> dict[str, Any]:
+    """Peak memory of `calls` calls of one search form, each over what was resident before it.
+
+    Meant for a fresh process (`torch_process_memory` starts one per form):
+    the high-water mark is the process's own. A call on two rows first loads
+    the code and lazy state the calls use, so that they measure scratch only.
+
+    Args:
+        search: "grid" or "scan".
+        rows: tokens N.
+        classes: classes C.
+        candidates: grid size K.
+        calls: how many calls, each measured on its own.
+
+    Returns:
+        `{"measure": ..., "calls": [{"before_bytes", "peak_bytes", "temp_bytes"}, ...]}`.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    cuda = torch.cuda.is_available()
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(rows, classes, generator=generator).mul_(3.0)
+    labels = torch.randint(0, classes, (rows,), generator=generator, dtype=torch.int32)
+    logits[torch.arange(rows), labels.long()] += 8.0
+    if cuda:
+        logits, labels = logits.cuda(), labels.cuda()
+    # loads the kernels' code and lazy state, which the first measured call would count
+    isats_temperature(logits[:2], labels[:2], num_candidates=candidates, search=search)
+    records = []
+    for _ in range(calls):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        else:
+            _reset_peak_rss()
+            before = _status_bytes("VmRSS")
+        tau = isats_temperature(logits, labels, num_candidates=candidates, search=search)
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = _status_bytes("VmHWM")
+        del tau
+        records.append({"before_bytes": before, "peak_bytes": peak, "temp_bytes": peak - before})
+    measure = (
+        "torch.cuda.max_memory_allocated - memory_allocated before the call"
+        if cuda
+        else "process VmHWM - VmRSS before the call (CPU, /proc/self/status)"
+    )
+    return {"measure": measure, "calls": records}
+
+
+_CHILD = (
+    "import json, sys\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "import isats_memory\n"
+    "print('RESULT', json.dumps(isats_memory.torch_search_peak(*json.loads(sys.argv[2]))))\n"
+)
+
+
+def torch_process_memory(
+    forms: dict[str, int], classes: int, candidates: int, calls: int
+) -> list[dict[str, Any]]:
+    """Peak memory of each search form on torch, each in a fresh child process.
+
+    Args:
+        forms: search form -> tokens N it is measured at.
+        classes: classes C.
+        candidates: grid size K.
+        calls: calls per child; the first one's scratch is the record's `temp_bytes`.
+
+    Returns:
+        One record per form, `temp_in_logits` in units of that form's `N * C` float32.
+    """
+    records = []
+    for search, rows in forms.items():
+        arguments = json.dumps([search, rows, classes, candidates, calls])
+        child = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(Path(__file__).resolve().parent), arguments],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KERAS_BACKEND": "torch"},
+            check=False,
+        )
+        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        if child.returncode != 0 or not lines:
+            raise RuntimeError(
+                f"torch memory child (search={search}, N={rows}) exited {child.returncode}:\n"
+                + child.stderr[-2000:]
+            )
+        result = json.loads(lines[-1][len("RESULT ") :])
+        first, *later = result["calls"]
+        logits_bytes = 4.0 * rows * classes
+        record = {
+            "what": "search",
+            "search": search,
+            "refine": False,
+            "rows": rows,
+            "measure": result["measure"],
+            **first,
+            "temp_in_logits": first["temp_bytes"] / logits_bytes,
+            "later_calls_in_logits": [call["temp_bytes"] / logits_bytes for call in later],
+        }
+        if search == "scan":
+            record["within_limit"] = record["temp_in_logits"] <= SCAN_LIMIT_IN_LOGITS
+        records.append(record)
+    return records
+
+
 def time_searches(rows: int, classes: int, candidates: int, repeats: int) -> dict[str, Any]:
     """Seconds per call of both searches on the current backend, timed in turn."""
     rng = np.random.default_rng(0)
@@ -155,11 +328,37 @@ def _in_units(record: dict[str, Any], rows: int, classes: int) -> float:
     return record["temp_bytes"] / (4.0 * rows * classes)
 
 
+def _print_torch_memory(records: list[dict[str, Any]], classes: int, candidates: int) -> None:
+    table = [
+        (
+            f"search={r['search']}",
+            r["rows"],
+            f"{r['temp_bytes'] / GIB:.2f}",
+            f"{r['temp_in_logits']:.2f}",
+            ", ".join(f"{x:.2f}" for x in r["later_calls_in_logits"]) or "-",
+        )
+        for r in records
+    ]
+    print(f"torch peak memory of one call, fresh process per form, C={classes}, K={candidates}")
+    print(f"measure: {records[0]['measure']}")
+    print(
+        _common.markdown_table(
+            ("form", "N", "scratch GiB", "x N*C floats", "later calls x N*C"), table
+        )
+    )
+    for r in records:
+        if "within_limit" in r:
+            print(f"scan within {SCAN_LIMIT_IN_LOGITS:g}x N*C floats: {r['within_limit']}")
+
+
 def run(argv: Sequence[str]) -> dict[str, Any]:
     _common.parse_flags(FLAGS, argv)
     _common.check_at_least_one(
-        FLAGS.flag_values_dict(), ("rows", "classes", "candidates", "time_rows", "repeats")
+        FLAGS.flag_values_dict(),
+        ("rows", "classes", "candidates", "time_rows", "repeats", "torch_memory_calls"),
     )
+    if FLAGS.torch_grid_rows < 0:
+        raise app.UsageError("--torch_grid_rows must be >= 0 (0 skips the grid form).")
     env = _common.environment_with_threads(FLAGS.threads)
     backend = keras.backend.backend()
     rows, classes, candidates = FLAGS.rows, FLAGS.classes, FLAGS.candidates
@@ -169,6 +368,14 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         memory += policy_memory(_common.parse_list(FLAGS.policies), rows, classes)
         for record in memory:
             record["temp_in_logits"] = _in_units(record, rows, classes)
+    torch_memory: list[dict[str, Any]] = []
+    unmeasured = _torch_unmeasured() if backend == "torch" and FLAGS.torch_memory else None
+    if unmeasured:
+        print(f"torch memory not measured: {unmeasured}")
+    elif backend == "torch" and FLAGS.torch_memory:
+        forms = {"grid": FLAGS.torch_grid_rows, "scan": rows}
+        forms = {search: n for search, n in forms.items() if n > 0}
+        torch_memory = torch_process_memory(forms, classes, candidates, FLAGS.torch_memory_calls)
     timing = time_searches(FLAGS.time_rows, classes, candidates, FLAGS.repeats)
 
     if memory:
@@ -183,8 +390,10 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         ]
         print(f"JAX compiled memory, N={rows}, C={classes}, K={candidates}")
         print(_common.markdown_table(("form", "computes", "temp GiB", "x N*C floats"), table))
+    elif torch_memory:
+        _print_torch_memory(torch_memory, classes, candidates)
     else:
-        print(f"memory analysis needs KERAS_BACKEND=jax (got {backend}); timing only")
+        print(f"memory needs KERAS_BACKEND=jax or torch (got {backend}); timing only")
     print(f"\n{backend}: seconds per search call, N={timing['rows']}, C={classes}, K={candidates}")
     print(
         _common.markdown_table(
@@ -205,8 +414,11 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
             "candidates": candidates,
             "time_rows": FLAGS.time_rows,
             "repeats": FLAGS.repeats,
+            "torch_memory": FLAGS.torch_memory,
+            "torch_grid_rows": FLAGS.torch_grid_rows,
+            "torch_memory_calls": FLAGS.torch_memory_calls,
         },
-        "memory": memory,
+        "memory": memory or torch_memory,
         "timing": timing,
     }
     output = FLAGS.output or _common.RESULTS_DIR / f"isats_memory_{backend}.json"
