@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import keras
 import numpy as np
@@ -59,6 +60,32 @@ PUBLISHED_PARAMS = {
     "shufflenetv2": 1.36e6,
 }
 
+# sha256 (first 16 hex digits) of the model's "<layer name> <layer class>" lines in order:
+# saved .keras and .weights.h5 files of existing teachers load only while these hold.
+LAYER_FINGERPRINTS = {
+    "resnet8": "a5d41a74e732f31a",
+    "resnet14": "e2531888072a133c",
+    "resnet20": "8c735fae72d8f7ab",
+    "resnet32": "7403e6e8b58ed603",
+    "resnet44": "8eaab6c4407447e4",
+    "resnet56": "8c5d05fc2d3e7e33",
+    "resnet110": "82ef7f7d287b90ee",
+    "resnet8x4": "84b34261de0e085d",
+    "resnet32x4": "5316f90804b9633e",
+    "wrn_16_1": "d484f103e86b7cea",
+    "wrn_16_2": "00b0cee1275ef2aa",
+    "wrn_40_1": "4bbebcd06583cc40",
+    "wrn_40_2": "648309da779682c0",
+    "vgg8": "bc5b5550c44570c2",
+    "vgg11": "ac1aac5257951204",
+    "vgg13": "9041c2846ad00551",
+    "vgg16": "97889a4774fa0e84",
+    "vgg19": "2905fb2d1ca404e2",
+    "mobilenetv2": "506ecfdb68eb6fae",
+    "shufflenetv1": "5f93a639a9f34529",
+    "shufflenetv2": "4a3b1429eaf7cd90",
+}
+
 # One model per family module (the param test checks D of every model via the classifier).
 FAMILY_REPRESENTATIVES = ("resnet8", "wrn_16_1", "vgg8", "mobilenetv2", "shufflenetv2")
 
@@ -107,6 +134,12 @@ def test_parameter_count(name):
     classifier = model.get_layer("classifier")
     assert tuple(classifier.kernel.shape) == (FEATURE_DIMS[name], 100)
     assert model.output.dtype == "float32"
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_layer_names_and_order_are_stable(name):
+    lines = "\n".join(f"{layer.name} {type(layer).__name__}" for layer in _built(name).layers)
+    assert hashlib.sha256(lines.encode()).hexdigest()[:16] == LAYER_FINGERPRINTS[name]
 
 
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)

@@ -10,7 +10,7 @@ stride is 2), and BatchNorm with PyTorch's statistics (``momentum=0.9`` in Keras
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import keras
@@ -140,6 +140,24 @@ def check_num_classes(num_classes: Any) -> int:
     return num_classes
 
 
+def _torch_padding(x: Any, kernel_size: int, strides: int, name: str) -> tuple[Any, str]:
+    """Pad a strided convolution's input by ``k // 2`` on every side, as PyTorch does.
+
+    Args:
+        x: the convolution's input.
+        kernel_size: square kernel size.
+        strides: stride of the convolution.
+        name: the convolution's name (the padding layer is ``name + "_pad"``).
+
+    Returns:
+        ``(x, padding)``: the input, padded when strided with ``k > 1``, and the Keras
+        ``padding`` mode of the convolution (``"valid"`` after padding, else ``"same"``).
+    """
+    if strides > 1 and kernel_size > 1:
+        return layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x), "valid"
+    return x, "same"
+
+
 def conv2d(
     x: Any,
     filters: int,
@@ -166,10 +184,7 @@ def conv2d(
     Returns:
         The output tensor.
     """
-    padding = "same"
-    if strides > 1 and kernel_size > 1:
-        x = layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
-        padding = "valid"
+    x, padding = _torch_padding(x, kernel_size, strides, name)
     return layers.Conv2D(
         filters,
         kernel_size,
@@ -195,10 +210,7 @@ def depthwise_conv2d(x: Any, strides: int = 1, *, name: str, kernel_regularizer:
     Returns:
         The output tensor.
     """
-    padding = "same"
-    if strides > 1:
-        x = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
-        padding = "valid"
+    x, padding = _torch_padding(x, 3, strides, name)
     return layers.DepthwiseConv2D(
         3,
         strides=strides,
@@ -236,6 +248,53 @@ def relu(x: Any, *, name: str) -> Any:
     return layers.ReLU(name=name)(x)
 
 
+def bn_relu(x: Any, bn_name: str, relu_name: str) -> Any:
+    """Apply BatchNorm (PyTorch's defaults, as :func:`batch_norm`), then a ReLU.
+
+    Args:
+        x: input tensor (channels last).
+        bn_name: name of the BatchNorm layer.
+        relu_name: name of the ReLU layer.
+
+    Returns:
+        The output tensor.
+    """
+    return relu(batch_norm(x, name=bn_name), name=relu_name)
+
+
+def stack_stages(
+    x: Any,
+    block: Callable[..., Any],
+    stages: Iterable[Sequence[Any]],
+    *,
+    kernel_regularizer: Any = None,
+) -> Any:
+    """Apply stages of blocks; block ``j`` of stage ``i`` (from 1) is named ``stage{i}_block{j}``.
+
+    Args:
+        x: input tensor (channels last).
+        block: called as ``block(x, filters, strides, *extra, name=...,
+            kernel_regularizer=...)``; returns the block's output.
+        stages: one ``(filters, num_blocks, strides, *extra)`` row per stage. The first
+            block of a stage gets ``strides``, the others stride 1.
+        kernel_regularizer: passed to every block.
+
+    Returns:
+        The output of the last block.
+    """
+    for stage, (filters, num_blocks, strides, *extra) in enumerate(stages, start=1):
+        for index in range(1, num_blocks + 1):
+            x = block(
+                x,
+                filters,
+                strides if index == 1 else 1,
+                *extra,
+                name=f"stage{stage}_block{index}",
+                kernel_regularizer=kernel_regularizer,
+            )
+    return x
+
+
 def model_input(input_shape: Sequence[int | None]) -> Any:
     """Create the image input.
 
@@ -253,7 +312,7 @@ def model_input(input_shape: Sequence[int | None]) -> Any:
 
 def finish_model(
     inputs: Any,
-    features: Any,
+    x: Any,
     num_classes: int,
     *,
     name: str,
@@ -261,20 +320,24 @@ def finish_model(
     kernel_regularizer: Any = None,
     classifier_initializer: Any = None,
 ) -> keras.Model:
-    """Add the ``"classifier"`` Dense head (float32 logits) and build the functional model.
+    """Pool the last feature map, add the ``"classifier"`` Dense and build the model.
+
+    The features are ``GlobalAveragePooling2D(name="global_pool")`` of ``x``; the
+    classifier gives float32 logits.
 
     Args:
         inputs: the model input tensor.
-        features: penultimate features ``[B, D]`` (the classifier input).
+        x: the last feature map ``[B, H, W, D]``.
         num_classes: number of logits.
         name: model name.
-        with_features: if True the model outputs ``{"logits", "features"}``.
+        with_features: if True the model outputs ``{"logits", "features": [B, D]}``.
         kernel_regularizer: optional regularizer for the classifier kernel.
         classifier_initializer: kernel initializer; PyTorch's ``nn.Linear`` default if None.
 
     Returns:
         The functional ``keras.Model``.
     """
+    features = layers.GlobalAveragePooling2D(name="global_pool")(x)
     logits = layers.Dense(
         num_classes,
         kernel_initializer=classifier_initializer or torch_linear_initializer(),

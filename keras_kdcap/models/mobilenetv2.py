@@ -21,12 +21,13 @@ from keras import layers
 
 from keras_kdcap.models._common import (
     batch_norm,
+    bn_relu,
     check_num_classes,
     conv2d,
     depthwise_conv2d,
     finish_model,
     model_input,
-    relu,
+    stack_stages,
 )
 
 
@@ -51,9 +52,9 @@ def _inverted_residual(
     in_channels = x.shape[-1]
     hidden = in_channels * expansion
     out = conv2d(x, hidden, 1, name=f"{name}_expand", kernel_regularizer=kernel_regularizer)
-    out = relu(batch_norm(out, name=f"{name}_expand_bn"), name=f"{name}_expand_relu")
+    out = bn_relu(out, f"{name}_expand_bn", f"{name}_expand_relu")
     out = depthwise_conv2d(out, strides, name=f"{name}_dw", kernel_regularizer=kernel_regularizer)
-    out = relu(batch_norm(out, name=f"{name}_dw_bn"), name=f"{name}_dw_relu")
+    out = bn_relu(out, f"{name}_dw_bn", f"{name}_dw_relu")
     out = conv2d(out, filters, 1, name=f"{name}_project", kernel_regularizer=kernel_regularizer)
     out = batch_norm(out, name=f"{name}_project_bn")
     if strides == 1 and in_channels == filters:
@@ -90,33 +91,22 @@ def build_mobilenetv2(
     if name is None:
         default = width_mult == 0.5 and expansion == 6
         name = "mobilenetv2" if default else f"mobilenetv2_t{expansion}_w{width_mult:g}"
-    kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    reg = keras.regularizers.get(kernel_regularizer)
     last_channels = int(1280 * width_mult) if width_mult > 1.0 else 1280
 
     inputs = model_input(input_shape)
-    x = conv2d(
-        inputs, int(32 * width_mult), 3, 2, name="stem_conv", kernel_regularizer=kernel_regularizer
-    )
-    x = relu(batch_norm(x, name="stem_bn"), name="stem_relu")
-    for stage, (t, c, n, s) in enumerate(_stage_settings(expansion), start=1):
-        for block in range(1, n + 1):
-            x = _inverted_residual(
-                x,
-                int(c * width_mult),
-                s if block == 1 else 1,
-                t,
-                name=f"stage{stage}_block{block}",
-                kernel_regularizer=kernel_regularizer,
-            )
-    x = conv2d(x, last_channels, 1, name="head_conv", kernel_regularizer=kernel_regularizer)
-    x = relu(batch_norm(x, name="head_bn"), name="head_relu")
-    features = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = conv2d(inputs, int(32 * width_mult), 3, 2, name="stem_conv", kernel_regularizer=reg)
+    x = bn_relu(x, "stem_bn", "stem_relu")
+    stages = [(int(c * width_mult), n, s, t) for t, c, n, s in _stage_settings(expansion)]
+    x = stack_stages(x, _inverted_residual, stages, kernel_regularizer=reg)
+    x = conv2d(x, last_channels, 1, name="head_conv", kernel_regularizer=reg)
+    x = bn_relu(x, "head_bn", "head_relu")
     return finish_model(
         inputs,
-        features,
+        x,
         num_classes,
         name=name,
         with_features=with_features,
-        kernel_regularizer=kernel_regularizer,
+        kernel_regularizer=reg,
         classifier_initializer=keras.initializers.RandomNormal(stddev=0.01),
     )

@@ -20,11 +20,13 @@ from keras import layers
 
 from keras_kdcap.models._common import (
     batch_norm,
+    bn_relu,
     check_num_classes,
     conv2d,
     finish_model,
     model_input,
     relu,
+    stack_stages,
 )
 
 NARROW_WIDTHS = (16, 16, 32, 64)
@@ -33,17 +35,13 @@ WIDE_WIDTHS = (32, 64, 128, 256)
 
 def _basic_block(x: Any, filters: int, strides: int, name: str, kernel_regularizer: Any) -> Any:
     """Post-activation basic block with an option-B (1x1 conv + BN) projection shortcut."""
-    out = conv2d(
-        x, filters, 3, strides, name=f"{name}_conv1", kernel_regularizer=kernel_regularizer
-    )
-    out = batch_norm(out, name=f"{name}_bn1")
-    out = relu(out, name=f"{name}_relu1")
-    out = conv2d(out, filters, 3, 1, name=f"{name}_conv2", kernel_regularizer=kernel_regularizer)
+    reg = kernel_regularizer
+    out = conv2d(x, filters, 3, strides, name=f"{name}_conv1", kernel_regularizer=reg)
+    out = bn_relu(out, f"{name}_bn1", f"{name}_relu1")
+    out = conv2d(out, filters, 3, 1, name=f"{name}_conv2", kernel_regularizer=reg)
     out = batch_norm(out, name=f"{name}_bn2")
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = conv2d(
-            x, filters, 1, strides, name=f"{name}_down_conv", kernel_regularizer=kernel_regularizer
-        )
+        shortcut = conv2d(x, filters, 1, strides, name=f"{name}_down_conv", kernel_regularizer=reg)
         shortcut = batch_norm(shortcut, name=f"{name}_down_bn")
     else:
         shortcut = x
@@ -83,28 +81,14 @@ def build_resnet(
     if name is None:
         suffix = {NARROW_WIDTHS: "", WIDE_WIDTHS: "x4"}.get(widths, "_custom")
         name = f"resnet{depth}{suffix}"
-    kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    reg = keras.regularizers.get(kernel_regularizer)
     blocks_per_stage = (depth - 2) // 6
 
     inputs = model_input(input_shape)
-    x = conv2d(inputs, widths[0], 3, 1, name="stem_conv", kernel_regularizer=kernel_regularizer)
-    x = batch_norm(x, name="stem_bn")
-    x = relu(x, name="stem_relu")
-    for stage, (filters, stride) in enumerate(zip(widths[1:], (1, 2, 2), strict=True), start=1):
-        for block in range(1, blocks_per_stage + 1):
-            x = _basic_block(
-                x,
-                filters,
-                stride if block == 1 else 1,
-                name=f"stage{stage}_block{block}",
-                kernel_regularizer=kernel_regularizer,
-            )
-    features = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = conv2d(inputs, widths[0], 3, 1, name="stem_conv", kernel_regularizer=reg)
+    x = bn_relu(x, "stem_bn", "stem_relu")
+    stages = [(w, blocks_per_stage, s) for w, s in zip(widths[1:], (1, 2, 2), strict=True)]
+    x = stack_stages(x, _basic_block, stages, kernel_regularizer=reg)
     return finish_model(
-        inputs,
-        features,
-        num_classes,
-        name=name,
-        with_features=with_features,
-        kernel_regularizer=kernel_regularizer,
+        inputs, x, num_classes, name=name, with_features=with_features, kernel_regularizer=reg
     )

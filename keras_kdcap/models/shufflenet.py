@@ -25,12 +25,14 @@ from keras import layers, ops
 
 from keras_kdcap.models._common import (
     batch_norm,
+    bn_relu,
     check_num_classes,
     conv2d,
     depthwise_conv2d,
     finish_model,
     model_input,
     relu,
+    stack_stages,
 )
 
 V2_CONFIGS = {
@@ -116,22 +118,23 @@ class ChannelSplit(layers.Layer):
 def _stem(inputs: Any, kernel_regularizer: Any) -> Any:
     """1x1 conv to 24 channels + BN + ReLU, full resolution."""
     x = conv2d(inputs, 24, 1, name="stem_conv", kernel_regularizer=kernel_regularizer)
-    return relu(batch_norm(x, name="stem_bn"), name="stem_relu")
+    return bn_relu(x, "stem_bn", "stem_relu")
 
 
 def _v1_bottleneck(
-    x: Any, out_channels: int, strides: int, groups: int, name: str, kernel_regularizer: Any
+    x: Any, width: int, strides: int, groups: int, name: str, kernel_regularizer: Any
 ) -> Any:
-    """ShuffleNetV1 unit; ``out_channels`` excludes the concatenated shortcut when strided."""
+    """ShuffleNetV1 unit of output ``width`` (the concatenated shortcut included when strided)."""
     in_channels = x.shape[-1]
+    out_channels = width - in_channels if strides == 2 else width
     mid = int(out_channels / 4)
     g1 = 1 if in_channels == 24 else groups
     out = conv2d(x, mid, 1, groups=g1, name=f"{name}_gconv1", kernel_regularizer=kernel_regularizer)
-    out = relu(batch_norm(out, name=f"{name}_bn1"), name=f"{name}_relu1")
+    out = bn_relu(out, f"{name}_bn1", f"{name}_relu1")
     if g1 > 1:
         out = ChannelShuffle(g1, name=f"{name}_shuffle")(out)
     out = depthwise_conv2d(out, strides, name=f"{name}_dw", kernel_regularizer=kernel_regularizer)
-    out = relu(batch_norm(out, name=f"{name}_bn2"), name=f"{name}_relu2")
+    out = bn_relu(out, f"{name}_bn2", f"{name}_relu2")
     out = conv2d(
         out,
         out_channels,
@@ -176,29 +179,25 @@ def build_shufflenetv1(
         A functional ``keras.Model`` producing float32 logits.
     """
     num_classes = check_num_classes(num_classes)
-    kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    reg = keras.regularizers.get(kernel_regularizer)
     inputs = model_input(input_shape)
-    x = _stem(inputs, kernel_regularizer)
-    for stage, (width, blocks) in enumerate(zip(out_channels, num_blocks, strict=True), start=1):
-        for block in range(1, blocks + 1):
-            first = block == 1
-            x = _v1_bottleneck(
-                x,
-                width - x.shape[-1] if first else width,
-                2 if first else 1,
-                groups,
-                name=f"stage{stage}_block{block}",
-                kernel_regularizer=kernel_regularizer,
-            )
-    features = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = _stem(inputs, reg)
+    stages = [(w, n, 2, groups) for w, n in zip(out_channels, num_blocks, strict=True)]
+    x = stack_stages(x, _v1_bottleneck, stages, kernel_regularizer=reg)
     return finish_model(
-        inputs,
-        features,
-        num_classes,
-        name=name,
-        with_features=with_features,
-        kernel_regularizer=kernel_regularizer,
+        inputs, x, num_classes, name=name, with_features=with_features, kernel_regularizer=reg
     )
+
+
+def _v2_branch(x: Any, width: int, strides: int, name: str, kernel_regularizer: Any) -> Any:
+    """Pointwise conv-BN-ReLU, depthwise conv-BN (``strides``), pointwise conv-BN-ReLU."""
+    reg = kernel_regularizer
+    out = conv2d(x, width, 1, name=f"{name}_pw1", kernel_regularizer=reg)
+    out = bn_relu(out, f"{name}_pw1_bn", f"{name}_relu1")
+    out = depthwise_conv2d(out, strides, name=f"{name}_dw", kernel_regularizer=reg)
+    out = batch_norm(out, name=f"{name}_dw_bn")
+    out = conv2d(out, width, 1, name=f"{name}_pw2", kernel_regularizer=reg)
+    return bn_relu(out, f"{name}_pw2_bn", f"{name}_relu2")
 
 
 def _v2_down_unit(x: Any, out_channels: int, name: str, kernel_regularizer: Any) -> Any:
@@ -208,13 +207,8 @@ def _v2_down_unit(x: Any, out_channels: int, name: str, kernel_regularizer: Any)
     left = depthwise_conv2d(x, 2, name=f"{name}_left_dw", kernel_regularizer=reg)
     left = batch_norm(left, name=f"{name}_left_dw_bn")
     left = conv2d(left, mid, 1, name=f"{name}_left_pw", kernel_regularizer=reg)
-    left = relu(batch_norm(left, name=f"{name}_left_pw_bn"), name=f"{name}_left_relu")
-    right = conv2d(x, mid, 1, name=f"{name}_right_pw1", kernel_regularizer=reg)
-    right = relu(batch_norm(right, name=f"{name}_right_pw1_bn"), name=f"{name}_right_relu1")
-    right = depthwise_conv2d(right, 2, name=f"{name}_right_dw", kernel_regularizer=reg)
-    right = batch_norm(right, name=f"{name}_right_dw_bn")
-    right = conv2d(right, mid, 1, name=f"{name}_right_pw2", kernel_regularizer=reg)
-    right = relu(batch_norm(right, name=f"{name}_right_pw2_bn"), name=f"{name}_right_relu2")
+    left = bn_relu(left, f"{name}_left_pw_bn", f"{name}_left_relu")
+    right = _v2_branch(x, mid, 2, f"{name}_right", reg)
     out = layers.Concatenate(name=f"{name}_concat")([left, right])
     return ChannelShuffle(2, name=f"{name}_shuffle")(out)
 
@@ -222,14 +216,7 @@ def _v2_down_unit(x: Any, out_channels: int, name: str, kernel_regularizer: Any)
 def _v2_basic_unit(x: Any, name: str, kernel_regularizer: Any) -> Any:
     """ShuffleNetV2 basic unit: split, transform one half, concatenate, shuffle."""
     keep, branch = ChannelSplit(0.5, name=f"{name}_split")(x)
-    width = branch.shape[-1]
-    reg = kernel_regularizer
-    out = conv2d(branch, width, 1, name=f"{name}_pw1", kernel_regularizer=reg)
-    out = relu(batch_norm(out, name=f"{name}_pw1_bn"), name=f"{name}_relu1")
-    out = depthwise_conv2d(out, 1, name=f"{name}_dw", kernel_regularizer=reg)
-    out = batch_norm(out, name=f"{name}_dw_bn")
-    out = conv2d(out, width, 1, name=f"{name}_pw2", kernel_regularizer=reg)
-    out = relu(batch_norm(out, name=f"{name}_pw2_bn"), name=f"{name}_relu2")
+    out = _v2_branch(branch, branch.shape[-1], 1, name, kernel_regularizer)
     out = layers.Concatenate(name=f"{name}_concat")([keep, out])
     return ChannelShuffle(2, name=f"{name}_shuffle")(out)
 
@@ -261,29 +248,19 @@ def build_shufflenetv2(
     config = V2_CONFIGS[float(net_size)]
     if name is None:
         name = "shufflenetv2" if float(net_size) == 1.0 else f"shufflenetv2_x{net_size:g}"
-    kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    reg = keras.regularizers.get(kernel_regularizer)
     *stage_widths, last_channels = config["out_channels"]
 
     inputs = model_input(input_shape)
-    x = _stem(inputs, kernel_regularizer)
+    x = _stem(inputs, reg)
     for stage, (width, blocks) in enumerate(
         zip(stage_widths, config["num_blocks"], strict=True), start=1
     ):
-        x = _v2_down_unit(
-            x, width, name=f"stage{stage}_down", kernel_regularizer=kernel_regularizer
-        )
+        x = _v2_down_unit(x, width, name=f"stage{stage}_down", kernel_regularizer=reg)
         for block in range(1, blocks + 1):
-            x = _v2_basic_unit(
-                x, name=f"stage{stage}_block{block}", kernel_regularizer=kernel_regularizer
-            )
-    x = conv2d(x, last_channels, 1, name="head_conv", kernel_regularizer=kernel_regularizer)
-    x = relu(batch_norm(x, name="head_bn"), name="head_relu")
-    features = layers.GlobalAveragePooling2D(name="global_pool")(x)
+            x = _v2_basic_unit(x, name=f"stage{stage}_block{block}", kernel_regularizer=reg)
+    x = conv2d(x, last_channels, 1, name="head_conv", kernel_regularizer=reg)
+    x = bn_relu(x, "head_bn", "head_relu")
     return finish_model(
-        inputs,
-        features,
-        num_classes,
-        name=name,
-        with_features=with_features,
-        kernel_regularizer=kernel_regularizer,
+        inputs, x, num_classes, name=name, with_features=with_features, kernel_regularizer=reg
     )

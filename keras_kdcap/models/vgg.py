@@ -18,12 +18,11 @@ import keras
 from keras import layers
 
 from keras_kdcap.models._common import (
-    batch_norm,
+    bn_relu,
     check_num_classes,
     conv2d,
     finish_model,
     model_input,
-    relu,
 )
 
 GROUP_WIDTHS = (64, 128, 256, 512, 512)
@@ -61,7 +60,7 @@ def build_vgg(
     if depth not in CONVS_PER_GROUP:
         raise ValueError(f"VGG depth must be one of {sorted(CONVS_PER_GROUP)}, got {depth}")
     name = name or f"vgg{depth}"
-    kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    reg = keras.regularizers.get(kernel_regularizer)
     pool_group4 = input_shape[0] is not None and input_shape[0] >= 64
 
     inputs = model_input(input_shape)
@@ -71,20 +70,16 @@ def build_vgg(
     ):
         for i in range(1, convs + 1):
             prefix = f"group{group}_conv{i}"
-            x = conv2d(
-                x, filters, 3, 1, name=prefix, use_bias=True, kernel_regularizer=kernel_regularizer
-            )
-            x = batch_norm(x, name=f"{prefix}_bn")
-            x = relu(x, name=f"{prefix}_relu")
+            x = conv2d(x, filters, 3, 1, name=prefix, use_bias=True, kernel_regularizer=reg)
+            x = bn_relu(x, f"{prefix}_bn", f"{prefix}_relu")
         if group <= 3 or (group == 4 and pool_group4):
             x = layers.MaxPooling2D(2, name=f"group{group}_pool")(x)
-    features = layers.GlobalAveragePooling2D(name="global_pool")(x)
     return finish_model(
         inputs,
-        features,
+        x,
         num_classes,
         name=name,
         with_features=with_features,
-        kernel_regularizer=kernel_regularizer,
+        kernel_regularizer=reg,
         classifier_initializer=keras.initializers.RandomNormal(stddev=0.01),
     )

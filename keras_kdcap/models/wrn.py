@@ -20,12 +20,12 @@ import keras
 from keras import layers
 
 from keras_kdcap.models._common import (
-    batch_norm,
+    bn_relu,
     check_num_classes,
     conv2d,
     finish_model,
     model_input,
-    relu,
+    stack_stages,
 )
 
 
@@ -34,26 +34,20 @@ def _wide_block(
 ) -> Any:
     """Pre-activation basic block; 1x1 conv shortcut when the width changes."""
     equal_in_out = x.shape[-1] == filters
-    act = relu(batch_norm(x, name=f"{name}_bn1"), name=f"{name}_relu1")
-    out = conv2d(
-        act, filters, 3, strides, name=f"{name}_conv1", kernel_regularizer=kernel_regularizer
-    )
-    out = relu(batch_norm(out, name=f"{name}_bn2"), name=f"{name}_relu2")
+    reg = kernel_regularizer
+    act = bn_relu(x, f"{name}_bn1", f"{name}_relu1")
+    out = conv2d(act, filters, 3, strides, name=f"{name}_conv1", kernel_regularizer=reg)
+    out = bn_relu(out, f"{name}_bn2", f"{name}_relu2")
     if dropout_rate > 0:
         out = layers.Dropout(dropout_rate, name=f"{name}_dropout")(out)
-    out = conv2d(out, filters, 3, 1, name=f"{name}_conv2", kernel_regularizer=kernel_regularizer)
+    out = conv2d(out, filters, 3, 1, name=f"{name}_conv2", kernel_regularizer=reg)
     if equal_in_out:
         if strides != 1:
             raise ValueError("a strided wide-ResNet block must change the width")
         shortcut = x
     else:
         shortcut = conv2d(
-            act,
-            filters,
-            1,
-            strides,
-            name=f"{name}_short_conv",
-            kernel_regularizer=kernel_regularizer,
+            act, filters, 1, strides, name=f"{name}_short_conv", kernel_regularizer=reg
         )
     return layers.Add(name=f"{name}_add")([out, shortcut])
 
@@ -89,29 +83,17 @@ def build_wide_resnet(
     if widen_factor < 1:
         raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
     name = name or f"wrn_{depth}_{widen_factor}"
-    kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    reg = keras.regularizers.get(kernel_regularizer)
     blocks_per_stage = (depth - 4) // 6
     widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
 
     inputs = model_input(input_shape)
-    x = conv2d(inputs, 16, 3, 1, name="stem_conv", kernel_regularizer=kernel_regularizer)
-    for stage, (filters, stride) in enumerate(zip(widths, (1, 2, 2), strict=True), start=1):
-        for block in range(1, blocks_per_stage + 1):
-            x = _wide_block(
-                x,
-                filters,
-                stride if block == 1 else 1,
-                dropout_rate,
-                name=f"stage{stage}_block{block}",
-                kernel_regularizer=kernel_regularizer,
-            )
-    x = relu(batch_norm(x, name="final_bn"), name="final_relu")
-    features = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = conv2d(inputs, 16, 3, 1, name="stem_conv", kernel_regularizer=reg)
+    stages = [
+        (w, blocks_per_stage, s, dropout_rate) for w, s in zip(widths, (1, 2, 2), strict=True)
+    ]
+    x = stack_stages(x, _wide_block, stages, kernel_regularizer=reg)
+    x = bn_relu(x, "final_bn", "final_relu")
     return finish_model(
-        inputs,
-        features,
-        num_classes,
-        name=name,
-        with_features=with_features,
-        kernel_regularizer=kernel_regularizer,
+        inputs, x, num_classes, name=name, with_features=with_features, kernel_regularizer=reg
     )
