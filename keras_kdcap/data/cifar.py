@@ -9,11 +9,7 @@ from typing import Any
 import numpy as np
 
 from keras_kdcap.data.augment import cifar_augment, normalize
-from keras_kdcap.data.pipeline import (
-    array_loader,
-    indexed_datasets,
-    stratified_indices,
-)
+from keras_kdcap.data.pipeline import array_loader, labelled_datasets
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -200,26 +196,20 @@ def cifar100_datasets_from_arrays(
     Returns:
         ``(train_ds, test_ds)`` as :func:`cifar100_datasets`.
     """
-    (x_train, y_train), (x_test, y_test) = train, test
-    if per_class is not None:
-        keep = stratified_indices(y_train, per_class)
-        x_train, y_train = x_train[keep], y_train[keep]
-    if test_per_class is not None:
-        keep = stratified_indices(y_test, test_per_class)
-        x_test, y_test = x_test[keep], y_test[keep]
 
     def train_map(image: Any, seed_pair: Any) -> Any:
         if augment:
             image = cifar_augment(image, seed_pair)
         return normalize(image, CIFAR100_MEAN, CIFAR100_STD)
 
-    return indexed_datasets(
-        (len(x_train), array_loader(x_train, y_train), train_map),
-        (
-            len(x_test),
-            array_loader(x_test, y_test),
-            lambda image: normalize(image, CIFAR100_MEAN, CIFAR100_STD),
-        ),
+    return labelled_datasets(
+        train,
+        test,
+        array_loader,
+        train_map,
+        lambda image: normalize(image, CIFAR100_MEAN, CIFAR100_STD),
+        per_class=per_class,
+        test_per_class=test_per_class,
         batch_size=batch_size,
         eval_batch_size=eval_batch_size,
         seed=seed,

@@ -120,6 +120,35 @@ def _finish(ds: Any, batch_size: int, drop_remainder: bool, num: int, determinis
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic))
 
 
+def _training_epochs(
+    make_epoch: Callable[[Tensor], Any],
+    initial_epoch: int,
+    epoch: int | None,
+    batch_size: int,
+    drop_remainder: bool,
+    num_examples: int,
+    deterministic: bool,
+) -> Any:
+    """Batch a training pipeline: one fixed ``epoch``, or epoch-aware from ``initial_epoch``.
+
+    Args:
+        make_epoch: maps an int64 scalar epoch to that epoch's unbatched dataset.
+        initial_epoch, epoch, batch_size, drop_remainder, num_examples, deterministic: the
+            options of :func:`indexed_train_dataset`.
+
+    Returns:
+        The batched dataset; unless ``epoch`` is given it carries its epoch counter.
+    """
+    tf = import_tensorflow()
+    if epoch is not None:
+        ds = make_epoch(tf.constant(epoch, tf.int64))
+        return _finish(ds, batch_size, drop_remainder, num_examples, deterministic)
+    ds, counter = epoch_dataset(make_epoch, initial_epoch)
+    ds = _finish(ds, batch_size, drop_remainder, num_examples, deterministic)
+    setattr(ds, EPOCH_COUNTER_ATTR, counter)
+    return ds
+
+
 def indexed_train_dataset(
     num_examples: int,
     load_fn: LoadFn,
@@ -167,13 +196,9 @@ def indexed_train_dataset(
             load, num_parallel_calls=tf.data.AUTOTUNE
         )
 
-    if epoch is not None:
-        ds = make_epoch(tf.constant(epoch, tf.int64))
-        return _finish(ds, batch_size, drop_remainder, num_examples, deterministic)
-    ds, counter = epoch_dataset(make_epoch, initial_epoch)
-    ds = _finish(ds, batch_size, drop_remainder, num_examples, deterministic)
-    setattr(ds, EPOCH_COUNTER_ATTR, counter)
-    return ds
+    return _training_epochs(
+        make_epoch, initial_epoch, epoch, batch_size, drop_remainder, num_examples, deterministic
+    )
 
 
 def streaming_train_dataset(
@@ -238,13 +263,9 @@ def streaming_train_dataset(
 
         return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
 
-    if epoch is not None:
-        ds = make_epoch(tf.constant(epoch, tf.int64))
-        return _finish(ds, batch_size, drop_remainder, num_examples, deterministic)
-    ds, counter = epoch_dataset(make_epoch, initial_epoch)
-    ds = _finish(ds, batch_size, drop_remainder, num_examples, deterministic)
-    setattr(ds, EPOCH_COUNTER_ATTR, counter)
-    return ds
+    return _training_epochs(
+        make_epoch, initial_epoch, epoch, batch_size, drop_remainder, num_examples, deterministic
+    )
 
 
 def eval_dataset(
@@ -306,6 +327,51 @@ def indexed_datasets(
         deterministic=train_options.get("deterministic", True),
     )
     return train_ds, eval_ds
+
+
+def labelled_datasets(
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    loader: Callable[[np.ndarray, np.ndarray], LoadFn],
+    train_map: MapFn,
+    test_map: Callable[[Tensor], Tensor],
+    *,
+    per_class: int | None = None,
+    test_per_class: int | None = None,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    **train_options: Any,
+) -> tuple[Any, Any]:
+    """:func:`indexed_datasets` over ``(items, labels)`` arrays, optionally subset per class.
+
+    Args:
+        train: ``(items, labels)`` of the training split; items are images, file paths, ...
+        test: the same for the test (evaluation) split.
+        loader: maps ``(items, labels)`` to a ``load_fn`` (e.g. :func:`array_loader`).
+        train_map: maps ``(image, element_seed)`` to the final training image.
+        test_map: maps an image to the final test image.
+        per_class: keep only the first N training examples of each class.
+        test_per_class: keep only the first N test examples of each class.
+        batch_size: training batch size.
+        eval_batch_size: test batch size (default: ``batch_size``).
+        **train_options: the keyword options of :func:`indexed_train_dataset`.
+
+    Returns:
+        ``(train_ds, test_ds)``.
+    """
+    splits = []
+    for (items, labels), keep_per_class in ((train, per_class), (test, test_per_class)):
+        if keep_per_class is not None:
+            keep = stratified_indices(labels, keep_per_class)
+            items, labels = items[keep], labels[keep]
+        splits.append((len(items), loader(items, labels)))
+    return indexed_datasets(
+        (*splits[0], train_map),
+        (*splits[1], test_map),
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        **train_options,
+    )
 
 
 def streaming_eval_dataset(

@@ -17,7 +17,7 @@ import numpy as np
 from keras_kdcap.data._deps import import_tensorflow
 from keras_kdcap.data.augment import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_crop_flip
 from keras_kdcap.data.augment import resize_square as _resize_square
-from keras_kdcap.data.pipeline import indexed_datasets, stratified_indices
+from keras_kdcap.data.pipeline import labelled_datasets
 
 _LAYOUT = "wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and val/val_annotations.txt"
 
@@ -123,14 +123,6 @@ def tiny_imagenet_datasets(
         ``(train_ds, val_ds)`` of ``(float32 image [B, S, S, 3], int32 label)``.
     """
     lists = tiny_imagenet_file_lists(root)
-    train_paths, train_labels = lists["train_paths"], lists["train_labels"]
-    val_paths, val_labels = lists["val_paths"], lists["val_labels"]
-    if per_class is not None:
-        keep = stratified_indices(train_labels, per_class)
-        train_paths, train_labels = train_paths[keep], train_labels[keep]
-    if test_per_class is not None:
-        keep = stratified_indices(val_labels, test_per_class)
-        val_paths, val_labels = val_paths[keep], val_labels[keep]
     pad = image_size // 8 if pad is None else pad
 
     def train_map(image: Any, seed_pair: Any) -> Any:
@@ -140,13 +132,14 @@ def tiny_imagenet_datasets(
             image = _resize_square(image, image_size)
         return normalize(image, mean, std)
 
-    return indexed_datasets(
-        (len(train_paths), _file_loader(train_paths, train_labels), train_map),
-        (
-            len(val_paths),
-            _file_loader(val_paths, val_labels),
-            lambda image: normalize(_resize_square(image, image_size), mean, std),
-        ),
+    return labelled_datasets(
+        (lists["train_paths"], lists["train_labels"]),
+        (lists["val_paths"], lists["val_labels"]),
+        _file_loader,
+        train_map,
+        lambda image: normalize(_resize_square(image, image_size), mean, std),
+        per_class=per_class,
+        test_per_class=test_per_class,
         batch_size=batch_size,
         eval_batch_size=eval_batch_size,
         seed=seed,
