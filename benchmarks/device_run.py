@@ -33,6 +33,7 @@ the tests use it.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -343,12 +344,25 @@ def flag_args(values: dict[str, str | None]) -> list[str]:
 
 
 def script_flags(script: Path) -> set[str]:
-    """The flag names a benchmark script defines (read from its source, no import)."""
-    text = script.read_text(encoding="utf-8")
-    names = set(re.findall(r"DEFINE_[a-z_]+\(\s*\"(\w+)\"", text))
-    if "define_threads_flag" in text:
-        names.add("threads")
-    return names
+    """The flag names a benchmark script defines (read from its source, no import).
+
+    Counts `flags.DEFINE_*("name", ...)` calls, the keys of a
+    `define_flag_table(FLAGS, {"name": ...})` table and `define_threads_flag`.
+    """
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if called.startswith("DEFINE_") and node.args:
+            names.add(getattr(node.args[0], "value", None))
+        elif called == "define_flag_table" and len(node.args) > 1:
+            table = node.args[1]
+            names.update(getattr(k, "value", None) for k in getattr(table, "keys", []))
+        elif called == "define_threads_flag":
+            names.add("threads")
+    return {n for n in names if isinstance(n, str)}
 
 
 def known_flags(values: dict[str, Any], script: Path) -> tuple[dict[str, Any], list[str]]:
