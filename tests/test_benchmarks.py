@@ -700,6 +700,7 @@ class _KilledError(Exception):
     """Stands for a kill right after a commit."""
 
 
+@pytest.mark.one_backend
 def test_capacity_mismatch_student_resumes_after_its_last_epoch(
     capacity, tmp_path, one_thread, monkeypatch
 ):
