@@ -55,6 +55,7 @@ with quiet_native_startup():
 
     from keras_kdcap import ISATS, Distiller, FixedTemperature
     from keras_kdcap.analysis import non_target_stats, tau_star_stats
+    from keras_kdcap.experiment.cli import preset_then_flags
     from keras_kdcap.files import atomic_write_json
     from keras_kdcap.policies.isats import temperature_grid
 
@@ -198,10 +199,7 @@ def settings(argv: Sequence[str]) -> dict:
     fv = flags.FlagValues()
     define_flags(fv)
     fv(list(argv))
-    values = dict(PRESETS[fv.preset])
-    for name in fv:
-        if name not in values or fv[name].present:
-            values[name] = fv[name].value
+    values = preset_then_flags(fv, PRESETS[fv.preset])
     _check_positive(values, [name for name, _ in _PRESET_FLAGS if "sequences" not in name])
     _check_positive(
         values, ["learning_rate", "kd_temperature", "isats_target_ratio", "analysis_tokens"]

@@ -47,6 +47,7 @@ with quiet_native_startup():
     )
     from keras_kdcap.data._deps import import_tensorflow
     from keras_kdcap.data.pipeline import array_loader, eval_dataset, indexed_train_dataset
+    from keras_kdcap.experiment.cli import preset_then_flags
     from keras_kdcap.models import get_model
     from keras_kdcap.policies import ISATS
 
@@ -112,10 +113,7 @@ def settings(argv: Sequence[str]) -> dict:
     fv = flags.FlagValues()
     define_flags(fv)
     fv(list(argv))
-    values = dict(PRESETS[fv.preset])
-    for name in fv:
-        if name not in values or fv[name].present:
-            values[name] = fv[name].value
+    values = preset_then_flags(fv, PRESETS[fv.preset])
     if not 2 <= values["num_classes"] <= 100:
         raise SystemExit(f"error: --num_classes={values['num_classes']}: choose 2 to 100")
     if not (Path(values["data_dir"]) / "train.npz").is_file():

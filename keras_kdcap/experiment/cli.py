@@ -458,6 +458,23 @@ def define_flag_table(flag_values: flags.FlagValues, table: dict[str, tuple]) ->
             define(name, default, help_text, flag_values=flag_values)
 
 
+def preset_then_flags(fv: flags.FlagValues, preset: dict[str, Any]) -> dict[str, Any]:
+    """Every setting: the preset's value, unless the flag was given on the command line.
+
+    Args:
+        fv: parsed flags.
+        preset: the chosen preset's values by flag name.
+
+    Returns:
+        Every setting by flag name.
+    """
+    values = dict(preset)
+    for name in fv:
+        if name not in values or fv[name].present:
+            values[name] = fv[name].value
+    return values
+
+
 def split_list(text: str) -> list[str]:
     """The items of a comma list, blanks dropped: `"kd, ats,"` -> `["kd", "ats"]`.
 
