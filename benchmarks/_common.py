@@ -128,11 +128,6 @@ def environment() -> dict[str, Any]:
 jsonable = files.jsonable
 
 
-def relative(path: str | os.PathLike) -> str:
-    """`path` relative to the repository (what results files record)."""
-    return os.path.relpath(Path(path).resolve(), REPO)
-
-
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Writes `payload` as indented strict JSON with paths relative to the repository, atomically.
 

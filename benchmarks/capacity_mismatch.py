@@ -78,6 +78,7 @@ from keras_kdcap.analysis import non_target_stats, rank_agreement, tau_star_stat
 from keras_kdcap.data import CifarSplits, resolve_pipeline  # noqa: E402
 from keras_kdcap.distiller import with_teacher_logits  # noqa: E402
 from keras_kdcap.experiment.cli import define_flag_table  # noqa: E402
+from keras_kdcap.experiment.state import settings_difference  # noqa: E402
 from keras_kdcap.models import count_params  # noqa: E402
 from keras_kdcap.ops import label_ranked_first  # noqa: E402
 from keras_kdcap.policies import get_policy, get_policy_names  # noqa: E402
@@ -1348,7 +1349,7 @@ def resume_state(cfg: dict[str, Any]) -> dict[str, Any]:
         ) from None
     if _resume_key(previous.get("config", {})) != _resume_key(cfg):
         raise app.UsageError(
-            f"{path} holds results of other settings ({_settings_difference(previous, cfg)}): "
+            f"{path} holds results of other settings ({_resume_difference(previous, cfg)}): "
             "pass --noresume to replace them, or another --tag / --output to keep them."
         )
     state = {
@@ -1363,15 +1364,6 @@ def resume_state(cfg: dict[str, Any]) -> dict[str, Any]:
         flush=True,
     )
     return state
-
-
-def _settings_difference(previous: dict[str, Any], cfg: dict[str, Any]) -> str:
-    """The first settings that differ between a results file and this run, for messages."""
-    old = json.loads(_resume_key(previous.get("config", {})))
-    new = json.loads(_resume_key(cfg))
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    text = ", ".join(f"--{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3])
-    return text + (", ..." if len(keys) > 3 else "")
 
 
 #: teacher statistics that identify the teacher a result was distilled from.
@@ -1453,6 +1445,12 @@ def student_folder(
     key = json.dumps([_resume_key(cfg), role, method, seed, _common.jsonable(settings)])
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return Path(cfg["cache_dir"]) / "students" / f"{method}-{seed}-{digest}"
+
+
+def _resume_difference(previous: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The settings of a results file's resume key that differ from this run's."""
+    old, new = (json.loads(_resume_key(c)) for c in (previous.get("config", {}), cfg))
+    return settings_difference(old, new, prefix="--")
 
 
 def _resume_key(cfg: dict[str, Any]) -> str:

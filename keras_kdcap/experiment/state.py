@@ -84,11 +84,21 @@ write_json = files.write_json
 normalise = files.jsonable
 
 
-def _difference(old: Any, new: Any) -> str:
+def settings_difference(old: Any, new: Any, prefix: str = "") -> str:
+    """The first three settings that differ between two runs, for messages.
+
+    Args:
+        old: the earlier run's settings by name.
+        new: this run's settings by name.
+        prefix: put before each name (`"--"` where the names are flags).
+
+    Returns:
+        `"name: old -> new, ..."`, or "unknown settings" when one is not a dict.
+    """
     if not isinstance(old, dict) or not isinstance(new, dict):
         return "unknown settings"
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    parts = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]]
+    parts = [f"{prefix}{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]]
     return ", ".join(parts) + (", ..." if len(keys) > 3 else "")
 
 
@@ -102,7 +112,7 @@ def _mismatch(config: ExperimentConfig, what: str, old: Any, new: Any) -> UsageE
         hint = f" (--teacher={Path(config.output_dir) / TEACHER_FILE} reuses its teacher)"
     return UsageError(
         f"--output_dir={config.output_dir} holds a {what} trained with other settings "
-        f"({_difference(old, new)}); pass --restart to replace it, or choose another "
+        f"({settings_difference(old, new)}); pass --restart to replace it, or choose another "
         f"--output_dir{hint}"
     )
 
