@@ -53,10 +53,9 @@ with quiet_native_startup():
     from absl import flags
     from keras import ops
 
-    from keras_kdcap import ISATS, Distiller, FixedTemperature
+    from keras_kdcap import ISATS, Distiller, FixedTemperature, files
     from keras_kdcap.analysis import non_target_stats, tau_star_stats
     from keras_kdcap.experiment.cli import preset_then_flags
-    from keras_kdcap.files import atomic_write_json
     from keras_kdcap.policies.isats import temperature_grid
 
 #: bytes are the tokens: one class per byte value.
@@ -793,7 +792,7 @@ def run(argv: Sequence[str]) -> dict:
         "wall_time_s": time.perf_counter() - started,
     }
     out = Path(s["output_dir"])
-    atomic_write_json(out / "results.json", results)
+    files.write_json(out / "results.json", results)  # strict: NaN as null
     print(report(results, out), flush=True)
     return results
 

@@ -20,7 +20,6 @@ fine-tunes them here. Presets: `smoke` (10 classes, 50 images each, minutes on a
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -36,7 +35,7 @@ with quiet_native_startup():
     import numpy as np
     from absl import flags
 
-    from keras_kdcap import Distiller, hub
+    from keras_kdcap import Distiller, files, hub
     from keras_kdcap.data import (
         CIFAR100_MEAN,
         CIFAR100_STD,
@@ -272,7 +271,7 @@ def run(argv: Sequence[str]) -> dict:
         "time_s": {"teacher": teacher_time, "student": student_time},
         "backend": keras.backend.backend(),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    files.write_json(out / "results.json", results)  # atomic, strict
     print(
         f"teacher {results['teacher']} ({results['teacher_params']:,} params): "
         f"{100 * teacher_accuracy:.2f}% test, {teacher_time:.0f} s\n"
