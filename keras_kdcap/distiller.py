@@ -285,6 +285,10 @@ class Distiller(keras.Model):
         self.temperature_scaling = bool(temperature_scaling)
         self.policy_metrics = bool(policy_metrics)
         self._set_tracked("policy", policy)
+        if not policy.built and type(policy).build is keras.layers.Layer.build:
+            # Never called as a layer, a policy would stay unbuilt, and an unbuilt
+            # layer makes every train_on_batch trace the whole model again.
+            policy.built = True
         means = BASE_METRICS + ((PSEUDO_LABELS,) if self.alpha == 0 else ())
         if self.policy_metrics:
             means += (TARGET_FIRST, *policy.metric_names)
@@ -498,11 +502,6 @@ class Distiller(keras.Model):
         weights survive any error raised during training.
         """
         self._check_compiled(callbacks)
-        check_preprocessors(self.teacher, self.student, x, "x")
-        val = kwargs.get("validation_data")
-        check_preprocessors(self.teacher, self.student, val, "validation_data")
-        student = self.student
-        check_fit_data(x, y, _output_classes(student), "x", output_rank=_output_rank(student))
         x = self._check_inputs(x, y, args, kwargs)
         with TeacherSnapshot(self):
             return super().fit(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
@@ -513,9 +512,6 @@ class Distiller(keras.Model):
             # the validation pass inside `fit`: its callbacks hold fit's guard already
             return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
         self._check_compiled()
-        check_preprocessors(self.teacher, self.student, x, "x")
-        student = self.student
-        check_fit_data(x, y, _output_classes(student), "x", output_rank=_output_rank(student))
         x = self._check_inputs(x, y, args, kwargs)
         with TeacherSnapshot(self):
             return super().evaluate(x, y, *args, callbacks=_with_guard(callbacks), **kwargs)
@@ -529,6 +525,11 @@ class Distiller(keras.Model):
         `x` to pass on: a generator is replaced by one that yields the batch
         read here first. Updates `kwargs["validation_data"]` the same way.
         """
+        check_preprocessors(self.teacher, self.student, x, "x")
+        val = kwargs.get("validation_data")
+        check_preprocessors(self.teacher, self.student, val, "validation_data")
+        student = self.student
+        check_fit_data(x, y, _output_classes(student), "x", output_rank=_output_rank(student))
         labelled = has_labels(x, y)
         first = None
         if labelled is None or not self._outputs_checked:
