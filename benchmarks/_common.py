@@ -189,6 +189,29 @@ def check_at_least_one(values: Mapping[str, Any], names: Sequence[str]) -> None:
             raise app.UsageError(f"--{name} must be >= 1.")
 
 
+def benchmark_main(
+    flag_values: Any,
+    config_from_flags: Callable[[Sequence[str]], dict[str, Any]],
+    run_benchmark: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Callable[[Sequence[str]], dict[str, Any]]:
+    """A script's `main(argv)`: parse `argv` (program name first), build the config, run.
+
+    Args:
+        flag_values: the script's `absl.flags.FlagValues`.
+        config_from_flags: the parsed flags (and `argv`, recorded) -> the run configuration.
+        run_benchmark: the configuration -> the results dict (also written to JSON).
+
+    Returns:
+        `main(argv) -> results`, e.g. `main(["step_time", "--pairs=small"])`.
+    """
+
+    def main(argv: Sequence[str]) -> dict[str, Any]:
+        parse_flags(flag_values, argv)
+        return run_benchmark(config_from_flags(argv))
+
+    return main
+
+
 def run_as_script(flag_values: Any, run: Callable[[Sequence[str]], Any]) -> None:
     """Runs `run(sys.argv)` under `absl.app.run` with the script's flags registered.
 

@@ -43,17 +43,21 @@ import _common  # noqa: E402
 
 from keras_kdcap import ISATS, Distiller  # noqa: E402
 from keras_kdcap.cache import TeacherCache  # noqa: E402
+from keras_kdcap.experiment.cli import define_flag_table  # noqa: E402
 from keras_kdcap.models import get_model  # noqa: E402
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("teacher", "resnet32x4", "Teacher zoo model.", flag_values=FLAGS)
-flags.DEFINE_string("student", "resnet8x4", "Student zoo model.", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 64, "Images per step.", flag_values=FLAGS)
-flags.DEFINE_integer("classes", 100, "Number of classes.", flag_values=FLAGS)
-flags.DEFINE_integer("steps", 8, "Batches per timed epoch.", flag_values=FLAGS)
-flags.DEFINE_integer("repeats", 5, "Timed epochs per configuration.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "output", None, "JSON path (default: results/cache_speed_<backend>.json).", flag_values=FLAGS
+define_flag_table(
+    FLAGS,
+    {
+        "teacher": ("resnet32x4", "Teacher zoo model."),
+        "student": ("resnet8x4", "Student zoo model."),
+        "batch_size": (64, "Images per step."),
+        "classes": (100, "Number of classes."),
+        "steps": (8, "Batches per timed epoch."),
+        "repeats": (5, "Timed epochs per configuration."),
+        "output": (None, "JSON path (default: results/cache_speed_<backend>.json)."),
+    },
 )
 _common.define_threads_flag(FLAGS)
 

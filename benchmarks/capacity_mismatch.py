@@ -1649,11 +1649,17 @@ def _pipeline(name: str) -> str:
         raise app.UsageError(f"--{error}") from None
 
 
-def _floats(text: str, name: str) -> list[float]:
-    try:
-        return [float(v) for v in _common.parse_list(text)]
-    except ValueError:
-        raise app.UsageError(f"--{name} must be a comma list of numbers.") from None
+def _numbers(kind: type) -> Any:
+    """A parser of a comma list of `kind` numbers for the flag `name`."""
+
+    def parse(text: str, name: str) -> list:
+        try:
+            return [kind(v) for v in _common.parse_list(text)]
+        except ValueError:
+            noun = "integers" if kind is int else "numbers"
+            raise app.UsageError(f"--{name} must be a comma list of {noun}.") from None
+
+    return parse
 
 
 def _pairs(text: str, name: str) -> list[list[float]]:
@@ -1666,15 +1672,30 @@ def _pairs(text: str, name: str) -> list[list[float]]:
     return pairs
 
 
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        return [int(v) for v in _common.parse_list(text)]
-    except ValueError:
-        raise app.UsageError(f"--{name} must be a comma list of integers.") from None
+#: flags whose value is parsed before it enters the run configuration: name -> parse(text, name).
+FLAG_PARSERS = {
+    "seeds": _numbers(int),
+    "tune_seeds": _numbers(int),
+    "tune_target_ratios": _numbers(float),
+    "tune_fallbacks": _numbers(float),
+    "tune_kd_temperatures": _numbers(float),
+    "tune_isats_margins": _numbers(float),
+    "tune_ats": _pairs,
+    "teacher_roles": lambda text, name: _common.parse_list(text),
+    "tune_grids": lambda text, name: _common.parse_list(text),
+    "isats_student_temperature": lambda text, name: _student_temperature(text),
+    "tune_student_temperatures": lambda text, name: [
+        _student_temperature(v) for v in _common.parse_list(text)
+    ],
+    "jit_compile": lambda text, name: {"auto": "auto", "true": True, "false": False}[text],
+    "pipeline": lambda text, name: _pipeline(text),
+}
 
 
 def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
     """The run configuration from the parsed flags (`--smoke` overrides the sizes).
+
+    Every flag but `--tag` and `--output` is a setting, parsed by `FLAG_PARSERS`.
 
     Args:
         argv: the command line (recorded).
@@ -1693,66 +1714,14 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
     unknown = [m for m in small_methods if m not in methods]
     if unknown:
         raise app.UsageError(f"--small_methods: {unknown} are not in --methods.")
-    cfg: dict[str, Any] = {
-        "argv": list(argv),
-        "data_dir": FLAGS.data_dir,
-        "cache_dir": FLAGS.cache_dir,
-        "student": FLAGS.student,
-        "small_teacher": FLAGS.small_teacher,
-        "large_teacher": FLAGS.large_teacher,
-        "per_class": FLAGS.per_class,
-        "classes": FLAGS.classes,
-        "val_per_class": FLAGS.val_per_class,
-        "test_per_class": FLAGS.test_per_class,
-        "teacher_epochs": FLAGS.teacher_epochs,
-        "teacher_lr": FLAGS.teacher_lr,
-        "teacher_weight_decay": FLAGS.teacher_weight_decay,
-        "teacher_augment": FLAGS.teacher_augment,
-        "teacher_dtype_policy": FLAGS.teacher_dtype_policy,
-        "student_dtype_policy": FLAGS.student_dtype_policy,
-        "regt_gamma": FLAGS.regt_gamma,
-        "regt_temperature": FLAGS.regt_temperature,
-        "flat_label_smoothing": FLAGS.flat_label_smoothing,
-        "teacher_roles": _common.parse_list(FLAGS.teacher_roles),
-        "epochs": FLAGS.epochs,
-        "lr": FLAGS.lr,
-        "weight_decay": FLAGS.weight_decay,
-        "batch_size": FLAGS.batch_size,
-        "seeds": _ints(FLAGS.seeds, "seeds"),
-        "teacher_seed": FLAGS.teacher_seed,
-        "methods": methods,
-        "small_methods": methods if FLAGS.small_methods is None else small_methods,
-        "resume": FLAGS.resume,
-        "eval_every": FLAGS.eval_every,
-        "temperature": FLAGS.temperature,
-        "fgcr_weight": FLAGS.fgcr_weight,
-        "isats_target_ratio": FLAGS.isats_target_ratio,
-        "isats_fallback": FLAGS.isats_fallback,
-        "isats_grid": FLAGS.isats_grid,
-        "isats_student_temperature": _student_temperature(FLAGS.isats_student_temperature),
-        "tune": FLAGS.tune or FLAGS.tune_only,
-        "tune_only": FLAGS.tune_only,
-        "teachers_only": FLAGS.teachers_only,
-        "tune_target_ratios": _floats(FLAGS.tune_target_ratios, "tune_target_ratios"),
-        "tune_fallbacks": _floats(FLAGS.tune_fallbacks, "tune_fallbacks"),
-        "tune_grids": _common.parse_list(FLAGS.tune_grids),
-        "tune_student_temperatures": [
-            _student_temperature(v) for v in _common.parse_list(FLAGS.tune_student_temperatures)
-        ],
-        "tune_mode": FLAGS.tune_mode,
-        "tune_seeds": _ints(FLAGS.tune_seeds, "tune_seeds"),
-        "tune_kd_temperatures": _floats(FLAGS.tune_kd_temperatures, "tune_kd_temperatures"),
-        "tune_ats": _pairs(FLAGS.tune_ats, "tune_ats"),
-        "tune_isats_margins": _floats(FLAGS.tune_isats_margins, "tune_isats_margins"),
-        "teacher_logits": FLAGS.teacher_logits,
-        "logits_cache_mb": FLAGS.logits_cache_mb,
-        "jit_compile": {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
-        "backend_jax_cache": True,
-        "verbose": FLAGS.verbose,
-        "threads": FLAGS.threads,
-        "smoke": FLAGS.smoke,
-        "pipeline": _pipeline(FLAGS.pipeline),
-    }
+    cfg: dict[str, Any] = {"argv": list(argv), "backend_jax_cache": True}
+    for name in FLAGS:
+        if name not in ("tag", "output"):
+            value = FLAGS[name].value
+            cfg[name] = FLAG_PARSERS[name](value, name) if name in FLAG_PARSERS else value
+    cfg["methods"] = methods
+    cfg["small_methods"] = methods if FLAGS.small_methods is None else small_methods
+    cfg["tune"] = FLAGS.tune or FLAGS.tune_only
     if FLAGS.smoke:
         cfg.update(SMOKE)
         cfg["cache_dir"] = str(Path(FLAGS.cache_dir) / "smoke")
@@ -1791,18 +1760,10 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
     return cfg
 
 
-def main(argv: Sequence[str]) -> dict[str, Any]:
-    """Parses `argv` (program name first, then flags) and runs the benchmark.
-
-    Args:
-        argv: command line, e.g. `["capacity_mismatch", "--smoke"]`.
-
-    Returns:
-        The results dict (also written to the JSON file).
-    """
-    _common.parse_flags(FLAGS, argv)
-    return run_benchmark(config_from_flags(argv))
+#: `main(argv)` -> the results dict (also written to JSON), e.g.
+#: `main(["capacity_mismatch", "--smoke"])`.
+main = _common.benchmark_main(FLAGS, config_from_flags, run_benchmark)
 
 
 if __name__ == "__main__":
-    _common.run_as_script(FLAGS, lambda argv: run_benchmark(config_from_flags(argv)))
+    _common.run_as_script(FLAGS, main)

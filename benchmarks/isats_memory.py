@@ -52,42 +52,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
+from keras_kdcap.experiment.cli import define_flag_table  # noqa: E402
 from keras_kdcap.policies import get_policy  # noqa: E402
 from keras_kdcap.policies.isats import isats_temperature  # noqa: E402
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_integer("rows", 4096, "Tokens N of the memory analysis.", flag_values=FLAGS)
-flags.DEFINE_integer("classes", 32000, "Classes C (vocabulary size).", flag_values=FLAGS)
-flags.DEFINE_integer("candidates", 32, "ISATS grid size K.", flag_values=FLAGS)
-flags.DEFINE_integer("time_rows", 512, "Tokens N of the timing (both forms).", flag_values=FLAGS)
-flags.DEFINE_integer("repeats", 5, "Timed calls per form.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "policies",
-    "kd,ats,isats,dkd,ctkd,sckd,ls",
-    "Policies whose KD term (with gradient) is analysed; fgcr holds a [C, C] matrix.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_bool(
-    "torch_memory",
-    True,
-    "On torch, measure each search form's peak memory in a fresh child process.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "torch_grid_rows",
-    256,
-    "Tokens N of the grid form's torch measure (its [N, K, C] tensors at --rows would not fit "
-    "in RAM); 0 skips it.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "torch_memory_calls",
-    2,
-    "Calls per torch child; the first one's peak is reported, later ones check it.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "output", None, "JSON path (default: results/isats_memory_<backend>.json).", flag_values=FLAGS
+define_flag_table(
+    FLAGS,
+    {
+        "rows": (4096, "Tokens N of the memory analysis."),
+        "classes": (32000, "Classes C (vocabulary size)."),
+        "candidates": (32, "ISATS grid size K."),
+        "time_rows": (512, "Tokens N of the timing (both forms)."),
+        "repeats": (5, "Timed calls per form."),
+        "policies": (
+            "kd,ats,isats,dkd,ctkd,sckd,ls",
+            "Policies whose KD term (with gradient) is analysed; fgcr holds a [C, C] matrix.",
+        ),
+        "torch_memory": (
+            True,
+            "On torch, measure each search form's peak memory in a fresh child process.",
+        ),
+        "torch_grid_rows": (
+            256,
+            "Tokens N of the grid form's torch measure (its [N, K, C] tensors at --rows would "
+            "not fit in RAM); 0 skips it.",
+        ),
+        "torch_memory_calls": (
+            2,
+            "Calls per torch child; the first one's peak is reported, later ones check it.",
+        ),
+        "output": (None, "JSON path (default: results/isats_memory_<backend>.json)."),
+    },
 )
 _common.define_threads_flag(FLAGS)
 

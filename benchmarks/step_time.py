@@ -36,7 +36,6 @@ the device, backend and versions, and prints markdown tables.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from keras_kdcap import Distiller  # noqa: E402
+from keras_kdcap.experiment.cli import define_flag_table, import_policy_modules  # noqa: E402
 from keras_kdcap.models import count_params, get_model  # noqa: E402
 from keras_kdcap.policies import TemperaturePolicy, get_policy_names  # noqa: E402
 from keras_kdcap.policies.isats import isats_temperature  # noqa: E402
@@ -75,77 +75,61 @@ GOALS = {"distill_vs_limit": 1.05, "isats_vs_kd": 1.03, "kd_vs_keras": 1.0}
 ISATS_SEARCH = {"min_temperature": 0.5, "max_temperature": 20.0, "num_candidates": 32}
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string(
-    "pairs",
-    "small",
-    "Comma list of pairs: names ("
-    + ", ".join(f"{k}={t}:{s}" for k, (t, s) in PAIRS.items())
-    + ") or teacher:student zoo names.",
-    flag_values=FLAGS,
+define_flag_table(
+    FLAGS,
+    {
+        "pairs": (
+            "small",
+            "Comma list of pairs: names ("
+            + ", ".join(f"{k}={t}:{s}" for k, (t, s) in PAIRS.items())
+            + ") or teacher:student zoo names.",
+        ),
+        "batch_size": (64, "Batch size of every step."),
+        "repeats": (10, "Timed rounds (median over rounds)."),
+        "steps": (5, "Steps per variant per round."),
+        "warmup": (3, "Untimed steps per variant after compilation."),
+        "policies": ("kd,ats,isats,fgcr", "Comma list of keras_kdcap policy names."),
+        "policy_args": (
+            "",
+            "Constructor arguments of the policies, name=value comma list (e.g. "
+            "temperature=2); each goes to every listed policy that takes it.",
+        ),
+        "policy_module": (
+            None,
+            "Comma list of Python modules to import first: policies they define (with a "
+            "`registry_name`) can then be named in --policies.",
+        ),
+        "jit_compile": (
+            "auto",
+            "jit_compile of every model. auto: both on TensorFlow (graph vs XLA), true on JAX "
+            "(false there is op-by-op eager execution), false on torch (true is torch.compile).",
+            ["auto", "true", "false", "both"],
+        ),
+        "step_api": (
+            "function",
+            "How steps are called: function (model.train_function / predict_function, as fit "
+            "does), on_batch (train_on_batch / predict_on_batch), or auto (time both on the "
+            "student, record both, use the faster for every variant). on_batch's per-call costs "
+            "(metric resets, logs to Python, on JAX a write-back of every variable) grow with "
+            "the model's state and so weigh on the Distiller, which carries the teacher's "
+            "variables.",
+            ["auto", *_common.STEP_APIS],
+        ),
+        "keras_distiller": (True, "Time keras.distillation.Distiller where it exists."),
+        "diagnose": (
+            True,
+            "Add the distill/none variant, the per-policy KD-term timings and dtype/teacher "
+            "checks.",
+        ),
+        "op_counts": (
+            True,
+            "With --diagnose, count the primitive ops of every step (traces each step once more).",
+        ),
+        "seed": (0, "Seed of the models and the batch."),
+        "output": (None, "JSON path (default benchmarks/results/step_time_<backend>.json)."),
+    },
 )
-flags.DEFINE_integer("batch_size", 64, "Batch size of every step.", flag_values=FLAGS)
-flags.DEFINE_integer("repeats", 10, "Timed rounds (median over rounds).", flag_values=FLAGS)
-flags.DEFINE_integer("steps", 5, "Steps per variant per round.", flag_values=FLAGS)
-flags.DEFINE_integer("warmup", 3, "Untimed steps per variant after compilation.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "policies", "kd,ats,isats,fgcr", "Comma list of keras_kdcap policy names.", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "policy_args",
-    "",
-    "Constructor arguments of the policies, name=value comma list (e.g. temperature=2); each "
-    "goes to every listed policy that takes it.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "policy_module",
-    None,
-    "Comma list of Python modules to import first: policies they define (with a "
-    "`registry_name`) can then be named in --policies.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_enum(
-    "jit_compile",
-    "auto",
-    ["auto", "true", "false", "both"],
-    "jit_compile of every model. auto: both on TensorFlow (graph vs XLA), true on JAX "
-    "(false there is op-by-op eager execution), false on torch (true is torch.compile).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_enum(
-    "step_api",
-    "function",
-    ["auto", *_common.STEP_APIS],
-    "How steps are called: function (model.train_function / predict_function, as fit does), "
-    "on_batch (train_on_batch / predict_on_batch), or auto (time both on the student, record "
-    "both, use the faster for every variant). on_batch's per-call costs (metric resets, logs "
-    "to Python, on JAX a write-back of every variable) grow with the model's state and so "
-    "weigh on the Distiller, which carries the teacher's variables.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_bool(
-    "keras_distiller", True, "Time keras.distillation.Distiller where it exists.", flag_values=FLAGS
-)
-flags.DEFINE_bool(
-    "diagnose",
-    True,
-    "Add the distill/none variant, the per-policy KD-term timings and dtype/teacher checks.",
-    flag_values=FLAGS,
-)
-flags.DEFINE_bool(
-    "op_counts",
-    True,
-    "With --diagnose, count the primitive ops of every step (traces each step once more).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer("seed", 0, "Seed of the models and the batch.", flag_values=FLAGS)
 _common.define_threads_flag(FLAGS)
-flags.DEFINE_string(
-    "output",
-    None,
-    "JSON path (default benchmarks/results/step_time_<backend>.json).",
-    flag_values=FLAGS,
-)
 
 
 class NullKD(TemperaturePolicy):
@@ -908,11 +892,7 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
         A dict of settings.
     """
     backend = keras.backend.backend()
-    for module in _common.parse_list(FLAGS.policy_module or ""):
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise app.UsageError(f"--policy_module={module}: cannot import it ({err})") from None
+    import_policy_modules(FLAGS.policy_module)
     policies = _common.parse_list(FLAGS.policies)
     if not policies:
         raise app.UsageError("--policies is empty.")
@@ -945,18 +925,10 @@ def config_from_flags(argv: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str]) -> dict[str, Any]:
-    """Parses `argv` (program name first, then flags) and runs the benchmark.
-
-    Args:
-        argv: command line, e.g. `["step_time", "--pairs=small", "--repeats=2"]`.
-
-    Returns:
-        The results dict (also written to the JSON file).
-    """
-    _common.parse_flags(FLAGS, argv)
-    return run_benchmark(config_from_flags(argv))
+#: `main(argv)` -> the results dict (also written to JSON), e.g.
+#: `main(["step_time", "--pairs=small", "--repeats=2"])`.
+main = _common.benchmark_main(FLAGS, config_from_flags, run_benchmark)
 
 
 if __name__ == "__main__":
-    _common.run_as_script(FLAGS, lambda argv: run_benchmark(config_from_flags(argv)))
+    _common.run_as_script(FLAGS, main)

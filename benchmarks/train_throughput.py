@@ -21,21 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
+from keras_kdcap.experiment.cli import define_flag_table  # noqa: E402
 from keras_kdcap.models import get_model  # noqa: E402
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string(
-    "models", "resnet8x4,resnet32x4", "Comma list of zoo models.", flag_values=FLAGS
-)
-flags.DEFINE_integer("batch_size", 64, "Images per step.", flag_values=FLAGS)
-flags.DEFINE_integer("steps", 5, "Timed steps per repeat.", flag_values=FLAGS)
-flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).", flag_values=FLAGS)
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "output",
-    None,
-    "JSON path (default: results/train_throughput_<backend>.json).",
-    flag_values=FLAGS,
+define_flag_table(
+    FLAGS,
+    {
+        "models": ("resnet8x4,resnet32x4", "Comma list of zoo models."),
+        "batch_size": (64, "Images per step."),
+        "steps": (5, "Timed steps per repeat."),
+        "repeats": (3, "Timed repeats (the median is reported)."),
+        "warmup": (2, "Untimed steps after compilation."),
+        "output": (None, "JSON path (default: results/train_throughput_<backend>.json)."),
+    },
 )
 
 

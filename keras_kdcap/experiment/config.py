@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from absl import app
+
 from keras_kdcap.models import ALIASES, MODEL_NAMES
 from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.policies.registry import (
@@ -23,8 +25,11 @@ from keras_kdcap.policies.registry import (
 )
 
 
-class UsageError(Exception):
-    """A bad command line or configuration: printed as one `error: ...` line, no traceback."""
+class UsageError(app.UsageError):
+    """A bad command line or configuration: printed as one `error: ...` line, no traceback.
+
+    An `absl.app.UsageError`, so the benchmarks' `app.run` reports it the same way.
+    """
 
 
 #: the values a preset sets; explicit flags override them.
