@@ -6,54 +6,30 @@ import math
 import warnings
 
 
-def check_positive(name: str, value: float) -> float:
-    """Returns `value` as a float if it is finite and > 0, else raises.
-
-    Args:
-        name: the argument's name, used in the message.
-        value: the value to check.
-
-    Returns:
-        The value as a Python float.
-    """
+def _finite_float(name: str, value: float, positive: bool) -> float:
+    """`value` as a float if it is finite and > 0 (`positive`) or >= 0, else raises."""
+    bound = "> 0" if positive else ">= 0"
     try:
-        value = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a positive number; got {value!r}.") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a finite number > 0; got {value}.")
-    return value
+        raise TypeError(f"`{name}` must be a number {bound}; got {value!r}.") from None
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f"`{name}` must be a finite number {bound}; got {number}.")
+    return number
+
+
+def check_positive(name: str, value: float) -> float:
+    """`value` as a float if it is finite and > 0; else a TypeError or ValueError naming `name`."""
+    return _finite_float(name, value, positive=True)
 
 
 def check_non_negative(name: str, value: float) -> float:
-    """Returns `value` as a float if it is finite and >= 0, else raises.
-
-    Args:
-        name: the argument's name.
-        value: the value to check.
-
-    Returns:
-        The value as a Python float.
-    """
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a number >= 0; got {value!r}.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0; got {value}.")
-    return value
+    """`value` as a float if it is finite and >= 0; else a TypeError or ValueError naming `name`."""
+    return _finite_float(name, value, positive=False)
 
 
 def check_fraction(name: str, value: float) -> float:
-    """Returns `value` as a float if it lies in [0, 1], else raises.
-
-    Args:
-        name: the argument's name.
-        value: the value to check.
-
-    Returns:
-        The value as a Python float.
-    """
+    """`value` as a float if it lies in [0, 1]; else a TypeError or ValueError naming `name`."""
     value = check_non_negative(name, value)
     if value > 1:
         raise ValueError(f"`{name}` must lie in [0, 1]; got {value}.")
@@ -61,16 +37,9 @@ def check_fraction(name: str, value: float) -> float:
 
 
 def check_range(min_name: str, min_value: float, max_name: str, max_value: float):
-    """Checks `0 < min_value < max_value`.
+    """`(min_value, max_value)` as floats if `0 < min_value < max_value`, else raises.
 
-    Args:
-        min_name: name of the lower bound argument.
-        min_value: the lower bound.
-        max_name: name of the upper bound argument.
-        max_value: the upper bound.
-
-    Returns:
-        `(min_value, max_value)` as floats.
+    The messages name the arguments `min_name` and `max_name`.
     """
     min_value = check_positive(min_name, min_value)
     max_value = check_positive(max_name, max_value)
@@ -82,16 +51,7 @@ def check_range(min_name: str, min_value: float, max_name: str, max_value: float
 
 
 def check_int_at_least(name: str, value: int, minimum: int) -> int:
-    """Returns `value` if it is an integer >= `minimum`, else raises.
-
-    Args:
-        name: the argument's name.
-        value: the value to check.
-        minimum: the smallest allowed value.
-
-    Returns:
-        The value as an int.
-    """
+    """`value` as an int if it is an integer >= `minimum`; else a TypeError or ValueError."""
     if isinstance(value, bool) or int(value) != value:
         raise TypeError(f"`{name}` must be an integer; got {value!r}.")
     if value < minimum:
