@@ -167,14 +167,11 @@ class InputGuard(keras.callbacks.Callback):
         if self._batches == 1:
             self._check(logs)
 
+    on_test_batch_end = on_train_batch_end
+
     def on_test_begin(self, logs=None):
         self._test_batches = self._batches
         self._batches = 0
-
-    def on_test_batch_end(self, batch, logs=None):
-        self._batches += 1
-        if self._batches == 1:
-            self._check(logs)
 
     def on_test_end(self, logs=None):
         if self._batches == 0:

@@ -88,15 +88,7 @@ class RegTLoss(keras.losses.Loss):
         self.temperature = check_positive("temperature", temperature)
 
     def call(self, y_true, y_pred):
-        """Per-sample RegT loss.
-
-        Args:
-            y_true: sparse labels `[B]`/`[B, 1]` or one-hot `[B, C]`.
-            y_pred: `[B, C]` logits.
-
-        Returns:
-            float32 `[B]` losses.
-        """
+        """Float32 `[B]` RegT losses from sparse or one-hot labels and `[B, C]` logits."""
         logits, labels, _, ce = _cross_entropy_parts(y_true, y_pred)
         num_classes = logits.shape[-1]
         probs = kd_ops.tempered_softmax(logits, self.temperature)
@@ -131,15 +123,7 @@ class SmoothedCrossEntropy(keras.losses.Loss):
         self.label_smoothing = check_fraction("label_smoothing", label_smoothing)
 
     def call(self, y_true, y_pred):
-        """Per-sample loss.
-
-        Args:
-            y_true: sparse labels `[B]`/`[B, 1]` or one-hot `[B, C]`.
-            y_pred: `[B, C]` logits.
-
-        Returns:
-            float32 `[B]` losses.
-        """
+        """Float32 `[B]` losses from sparse or one-hot labels and `[B, C]` logits."""
         _, _, log_probs, target = _cross_entropy_parts(y_true, y_pred)
         uniform = -ops.mean(log_probs, axis=-1)
         return (1.0 - self.label_smoothing) * target + self.label_smoothing * uniform

@@ -176,13 +176,7 @@ def _reusable(config: ExperimentConfig, path: Path, what: str, rebuildable: bool
 
 
 def plan_teacher(config: ExperimentConfig) -> str:
-    """Decides the teacher phase (see `RunPlan`).
-
-    Args:
-        config: the configuration.
-
-    Returns:
-        "train", "resume", "reuse" or "load".
+    """The teacher phase of `config` (see `RunPlan`): "train", "resume", "reuse" or "load".
 
     Raises:
         UsageError: the output folder holds a teacher with other settings.
@@ -204,13 +198,7 @@ def plan_teacher(config: ExperimentConfig) -> str:
 
 
 def plan_student(config: ExperimentConfig) -> str:
-    """Decides the student phase (see `RunPlan`).
-
-    Args:
-        config: the configuration.
-
-    Returns:
-        "train", "resume" or "reuse".
+    """The student phase of `config` (see `RunPlan`): "train", "resume" or "reuse".
 
     Raises:
         UsageError: the output folder holds a student run with other settings.
@@ -227,13 +215,7 @@ def plan_student(config: ExperimentConfig) -> str:
 
 
 def plan_run(config: ExperimentConfig) -> RunPlan:
-    """Decides both phases; with `config.restart`, first clears the previous run.
-
-    Args:
-        config: the configuration.
-
-    Returns:
-        The `RunPlan`.
+    """The `RunPlan` of `config`; with `config.restart`, first clears the previous run.
 
     Raises:
         UsageError: a previous run with other settings is in the way.
