@@ -62,6 +62,19 @@ def labels_to_numpy(labels: Any, num_classes: int) -> np.ndarray:
     return labels
 
 
+def labels_per_row(labels: Any, num_classes: int, rows: np.ndarray, name: str) -> np.ndarray:
+    """`labels_to_numpy(labels, num_classes)`, checked to hold one label per row of `rows`.
+
+    The error message calls `rows` by its argument name, `name`.
+    """
+    labels = labels_to_numpy(labels, num_classes)
+    if len(labels) != len(rows):
+        raise ValueError(
+            f"`{name}` and `labels` must have the same length; got {len(rows)} and {len(labels)}."
+        )
+    return labels
+
+
 def check_logits(logits: Any, name: str = "logits") -> np.ndarray:
     """Converts `[B, C]` logits to numpy and checks their shape.
 

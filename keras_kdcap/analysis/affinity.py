@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_kdcap.analysis._arrays import check_logits, labels_to_numpy, non_target_columns
+from keras_kdcap.analysis._arrays import check_logits, labels_per_row, non_target_columns
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -179,11 +179,7 @@ def rank_agreement(
             f"`logits_a` and `logits_b` must have the same shape; got {a.shape} and {b.shape}."
         )
     num_classes = a.shape[-1]
-    labels = labels_to_numpy(labels, num_classes)
-    if len(labels) != len(a):
-        raise ValueError(
-            f"`labels` must have one entry per sample; got {len(labels)} for {len(a)} samples."
-        )
+    labels = labels_per_row(labels, num_classes, a, "logits_a")
     if len(labels) == 0:
         raise ValueError("`logits_a` is empty: nothing to compare.")
     ks = _as_ks(k)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from keras_kdcap import ops as kd_ops
-from keras_kdcap.analysis._arrays import check_logits, labels_to_numpy, to_numpy
+from keras_kdcap.analysis._arrays import check_logits, labels_per_row, labels_to_numpy, to_numpy
 from keras_kdcap.policies.isats import isats_temperature, temperature_grid
 
 
@@ -98,11 +98,7 @@ def non_target_stats(
     """
     logits = check_logits(logits)
     num_classes = logits.shape[-1]
-    labels = labels_to_numpy(labels, num_classes)
-    if len(labels) != len(logits):
-        raise ValueError(
-            f"`logits` and `labels` must have the same length; got {len(logits)} and {len(labels)}."
-        )
+    labels = labels_per_row(labels, num_classes, logits, "logits")
     if len(labels) == 0:
         raise ValueError("`logits` is empty: nothing to average.")
     values = per_sample_non_target(logits, labels, temperature, batch_size)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_kdcap.analysis._arrays import labels_to_numpy, to_numpy
+from keras_kdcap.analysis._arrays import labels_per_row, to_numpy
 
 
 def _unit(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,12 +126,7 @@ def feature_geometry(
     if num_classes is None:
         raw = to_numpy(labels)
         num_classes = raw.shape[-1] if raw.ndim == 2 and raw.shape[-1] > 1 else int(raw.max()) + 1
-    labels = labels_to_numpy(labels, num_classes)
-    if len(labels) != len(features):
-        raise ValueError(
-            f"`features` and `labels` must have the same length; "
-            f"got {len(features)} and {len(labels)}."
-        )
+    labels = labels_per_row(labels, num_classes, features, "features")
     means, present = class_means(features, labels, num_classes)
     intra = angle_degrees(features, means[labels])
     result = {

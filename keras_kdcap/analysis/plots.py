@@ -15,14 +15,15 @@ import numpy as np
 
 
 def _figure(width: float = 6.0, height: float = 4.0):
-    """A new matplotlib Figure, or a clear ImportError."""
+    """A new matplotlib Figure and its axes, or a clear ImportError."""
     try:
         from matplotlib.figure import Figure
     except ImportError as err:
         raise ImportError(
             "keras_kdcap.analysis.plots needs matplotlib: pip install keras-kdcap[plot]"
         ) from err
-    return Figure(figsize=(width, height), layout="constrained")
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.add_subplot()
 
 
 def _save(figure, path: str | os.PathLike) -> str:
@@ -32,6 +33,15 @@ def _save(figure, path: str | os.PathLike) -> str:
         os.makedirs(folder, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path
+
+
+def _finish(figure, axes, path: str | os.PathLike, xlabel: str, ylabel: str, title: str) -> str:
+    """Label the axes, add the title and a legend, and save the figure to `path`."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+    return _save(figure, path)
 
 
 def _teacher_order(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -56,8 +66,7 @@ def plot_variance_vs_temperature(
     Returns:
         The path written.
     """
-    figure = _figure()
-    axes = figure.add_subplot()
+    figure, axes = _figure()
     for name in _teacher_order(rows):
         mine = sorted((r for r in rows if r["teacher"] == name), key=lambda r: r["temperature"])
         axes.plot([r["temperature"] for r in mine], [r[metric] for r in mine], "o-", label=name)
@@ -66,11 +75,8 @@ def plot_variance_vs_temperature(
     axes.set_yscale("log")
     axes.set_xticks(temperatures, labels=[f"{t:g}" for t in temperatures])
     axes.minorticks_off()
-    axes.set_xlabel("temperature")
-    axes.set_ylabel(f"mean non-target {metric}")
-    axes.set_title("Non-target distinctness vs temperature")
-    axes.legend(fontsize="small")
-    return _save(figure, path)
+    title = "Non-target distinctness vs temperature"
+    return _finish(figure, axes, path, "temperature", f"mean non-target {metric}", title)
 
 
 def plot_variance_vs_size(
@@ -86,8 +92,7 @@ def plot_variance_vs_size(
     Returns:
         The path written.
     """
-    figure = _figure()
-    axes = figure.add_subplot()
+    figure, axes = _figure()
     for temperature in sorted({r["temperature"] for r in rows}):
         mine = sorted(
             (r for r in rows if r["temperature"] == temperature), key=lambda r: r["params"]
@@ -103,11 +108,8 @@ def plot_variance_vs_size(
             axes.annotate(row["teacher"], (row["params"], row[metric]), fontsize="x-small")
     axes.set_xscale("log")
     axes.set_yscale("log")
-    axes.set_xlabel("teacher parameters")
-    axes.set_ylabel(f"mean non-target {metric}")
-    axes.set_title("Non-target distinctness vs teacher size")
-    axes.legend(fontsize="small")
-    return _save(figure, path)
+    title = "Non-target distinctness vs teacher size"
+    return _finish(figure, axes, path, "teacher parameters", f"mean non-target {metric}", title)
 
 
 def plot_agreement_heatmap(
@@ -129,8 +131,7 @@ def plot_agreement_heatmap(
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     size = 1.5 + 0.6 * len(names)
-    figure = _figure(size + 1.0, size)
-    axes = figure.add_subplot()
+    figure, axes = _figure(size + 1.0, size)
     image = axes.imshow(matrix, vmin=min(0.0, np.nanmin(matrix)), vmax=1.0, cmap="viridis")
     axes.set_xticks(range(len(names)), labels=names, rotation=45, ha="right")
     axes.set_yticks(range(len(names)), labels=names)
@@ -172,8 +173,7 @@ def plot_tau_histogram(
         The path written.
     """
     edges = np.geomspace(min_temperature, max_temperature, bins + 1)
-    figure = _figure()
-    axes = figure.add_subplot()
+    figure, axes = _figure()
     for name, values in tau_star.items():
         axes.hist(
             np.asarray(values, dtype=np.float64),
@@ -183,11 +183,7 @@ def plot_tau_histogram(
             density=False,
         )
     axes.set_xscale("log")
-    axes.set_xlabel("tau* (argmax of non-target variance)")
-    axes.set_ylabel("samples")
-    axes.set_title(title)
-    axes.legend(fontsize="small")
-    return _save(figure, path)
+    return _finish(figure, axes, path, "tau* (argmax of non-target variance)", "samples", title)
 
 
 def plot_angles_vs_size(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> str:
@@ -206,8 +202,7 @@ def plot_angles_vs_size(rows: Sequence[Mapping[str, Any]], path: str | os.PathLi
     for row in rows:
         per_teacher.setdefault(row["teacher"], row)
     ordered = sorted(per_teacher.values(), key=lambda r: r["params"])
-    figure = _figure()
-    axes = figure.add_subplot()
+    figure, axes = _figure()
     labels = {
         "intra_class_angle": "intra-class (sample to class mean)",
         "inter_class_angle": "inter-class (class means)",
@@ -219,8 +214,5 @@ def plot_angles_vs_size(rows: Sequence[Mapping[str, Any]], path: str | os.PathLi
     for row in ordered:
         axes.annotate(row["teacher"], (row["params"], row["intra_class_angle"]), fontsize="x-small")
     axes.set_xscale("log")
-    axes.set_xlabel("teacher parameters")
-    axes.set_ylabel("mean angle (degrees)")
-    axes.set_title("Feature geometry vs teacher size")
-    axes.legend(fontsize="small")
-    return _save(figure, path)
+    title = "Feature geometry vs teacher size"
+    return _finish(figure, axes, path, "teacher parameters", "mean angle (degrees)", title)
