@@ -143,15 +143,14 @@ def cifar100_array_datasets(
         `(train, test)`: the training set shuffled and augmented per epoch,
         the test set in order and unaugmented.
     """
-    (x_train, y_train), (x_test, y_test) = load_cifar100_arrays(data_dir)
+    from keras_kdcap.data.splits import take  # not at the top: splits imports this module
+
+    train, test = load_cifar100_arrays(data_dir)
     if per_class:
-        keep = stratified_indices(y_train, per_class)
-        x_train, y_train = x_train[keep], y_train[keep]
+        train = take(train, stratified_indices(train[1], per_class))
     if test_per_class:
-        keep = stratified_indices(y_test, test_per_class)
-        x_test, y_test = x_test[keep], y_test[keep]
-    train = ArrayImageDataset(
-        x_train, y_train, batch_size, augment=augment, shuffle=True, seed=seed
+        test = take(test, stratified_indices(test[1], test_per_class))
+    return (
+        ArrayImageDataset(*train, batch_size, augment=augment, shuffle=True, seed=seed),
+        ArrayImageDataset(*test, eval_batch_size or batch_size),
     )
-    test = ArrayImageDataset(x_test, y_test, eval_batch_size or batch_size)
-    return train, test

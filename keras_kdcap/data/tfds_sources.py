@@ -281,30 +281,12 @@ def tfds_image_datasets(
 def caltech_birds_datasets(
     data_dir: str | os.PathLike | None = None, image_size: int = 224, **kwargs: Any
 ) -> tuple[Any, Any]:
-    """CUB-200-2011 (``caltech_birds2011``, 200 classes) pipelines; see :func:`tfds_image_datasets`.
-
-    Args:
-        data_dir: tfds data dir.
-        image_size: side of the square images.
-        **kwargs: further arguments of :func:`tfds_image_datasets`.
-
-    Returns:
-        ``(train_ds, test_ds)``.
-    """
+    """CUB-200-2011 (200 classes): ``tfds_image_datasets("caltech_birds2011", ...)``."""
     return tfds_image_datasets("caltech_birds2011", data_dir, image_size, **kwargs)
 
 
 def stanford_dogs_datasets(
     data_dir: str | os.PathLike | None = None, image_size: int = 224, **kwargs: Any
 ) -> tuple[Any, Any]:
-    """Stanford Dogs (``stanford_dogs``, 120 classes) pipelines; see :func:`tfds_image_datasets`.
-
-    Args:
-        data_dir: tfds data dir.
-        image_size: side of the square images.
-        **kwargs: further arguments of :func:`tfds_image_datasets`.
-
-    Returns:
-        ``(train_ds, test_ds)``.
-    """
+    """Stanford Dogs (120 classes): ``tfds_image_datasets("stanford_dogs", ...)``."""
     return tfds_image_datasets("stanford_dogs", data_dir, image_size, **kwargs)
