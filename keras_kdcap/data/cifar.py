@@ -97,8 +97,13 @@ def cifar100_datasets(
     per_class: int | None = None,
     *,
     train_slice: int | None = None,
+    test_per_class: int | None = None,
+    shuffle: bool = True,
+    drop_remainder: bool = False,
+    initial_epoch: int = 0,
+    epoch: int | None = None,
+    eval_batch_size: int | None = None,
     download: bool = True,
-    **options: Any,
 ) -> tuple[Any, Any]:
     """CIFAR-100 train and test pipelines: ``(float32 normalised NHWC image, int32 label)``.
 
@@ -115,13 +120,13 @@ def cifar100_datasets(
         deterministic: set ``tf.data.Options.deterministic``.
         per_class: keep only the first N training images of each class (stratified).
         train_slice: same as ``per_class`` (an alias; give one of the two).
+        test_per_class: keep only the first N test images of each class.
+        shuffle: shuffle the training set every epoch.
+        drop_remainder: drop the last incomplete training batch.
+        initial_epoch: epoch of the training set's first pass.
+        epoch: if given, the training set replays this one epoch on every pass.
+        eval_batch_size: test batch size (default: ``batch_size``).
         download: let tfds download when the data is not prepared and the host is reachable.
-        **options: ``test_per_class`` (keep only the first N test images of each class),
-            ``shuffle`` (the training set every epoch; default True), ``drop_remainder``
-            (the last incomplete training batch), ``initial_epoch`` (of the training
-            set's first pass), ``epoch`` (if given, the training set replays this one
-            epoch on every pass) and ``eval_batch_size`` (default: ``batch_size``), as in
-            :func:`keras_kdcap.data.pipeline.labelled_datasets`.
 
     Returns:
         ``(train_ds, test_ds)`` tf.data datasets. ``train_ds`` is epoch-aware: pass
@@ -146,7 +151,12 @@ def cifar100_datasets(
         augment=augment,
         deterministic=deterministic,
         per_class=per_class,
-        **options,
+        test_per_class=test_per_class,
+        shuffle=shuffle,
+        drop_remainder=drop_remainder,
+        initial_epoch=initial_epoch,
+        epoch=epoch,
+        eval_batch_size=eval_batch_size,
     )
 
 
@@ -155,8 +165,16 @@ def cifar100_datasets_from_arrays(
     test: tuple[np.ndarray, np.ndarray],
     *,
     batch_size: int = 64,
+    seed: int = 0,
     augment: bool = True,
-    **options: Any,
+    deterministic: bool = True,
+    per_class: int | None = None,
+    test_per_class: int | None = None,
+    shuffle: bool = True,
+    drop_remainder: bool = False,
+    initial_epoch: int = 0,
+    epoch: int | None = None,
+    eval_batch_size: int | None = None,
 ) -> tuple[Any, Any]:
     """The pipelines of :func:`cifar100_datasets` over arrays already in memory.
 
@@ -164,9 +182,16 @@ def cifar100_datasets_from_arrays(
         train: ``(images uint8 [N, 32, 32, 3], labels [N])``.
         test: the same for the test split.
         batch_size: training batch size.
+        seed: seed of the shuffle and augmentation.
         augment: apply the crop and flip.
-        **options: ``seed``, ``deterministic``, ``per_class`` and the other keyword
-            options of :func:`cifar100_datasets`.
+        deterministic: set ``tf.data.Options.deterministic``.
+        per_class: keep only the first N training images of each class.
+        test_per_class: keep only the first N test images of each class.
+        shuffle: shuffle the training set every epoch.
+        drop_remainder: drop the last incomplete training batch.
+        initial_epoch: epoch of the training set's first pass.
+        epoch: if given, the training set replays this one epoch on every pass.
+        eval_batch_size: test batch size (default: ``batch_size``).
 
     Returns:
         ``(train_ds, test_ds)`` as :func:`cifar100_datasets`.
@@ -183,6 +208,14 @@ def cifar100_datasets_from_arrays(
         array_loader,
         train_map,
         lambda image: normalize(image, CIFAR100_MEAN, CIFAR100_STD),
+        per_class=per_class,
+        test_per_class=test_per_class,
         batch_size=batch_size,
-        **options,
+        eval_batch_size=eval_batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        drop_remainder=drop_remainder,
+        initial_epoch=initial_epoch,
+        epoch=epoch,
+        deterministic=deterministic,
     )

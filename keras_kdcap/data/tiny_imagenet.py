@@ -86,10 +86,15 @@ def tiny_imagenet_datasets(
     deterministic: bool = True,
     per_class: int | None = None,
     *,
+    test_per_class: int | None = None,
     pad: int | None = None,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
-    **options: Any,
+    shuffle: bool = True,
+    drop_remainder: bool = False,
+    initial_epoch: int = 0,
+    epoch: int | None = None,
+    eval_batch_size: int | None = None,
 ) -> tuple[Any, Any]:
     """Tiny-ImageNet train and val pipelines from a local folder.
 
@@ -104,12 +109,15 @@ def tiny_imagenet_datasets(
         augment: apply the crop and flip.
         deterministic: set ``tf.data.Options.deterministic``.
         per_class: keep only the first N training images of each class.
+        test_per_class: keep only the first N val images of each class.
         pad: crop padding (default ``image_size // 8``: 8 pixels at 64).
         mean: per-channel mean of [0, 1] images.
         std: per-channel standard deviation of [0, 1] images.
-        **options: ``test_per_class`` (of the val split), ``shuffle``,
-            ``drop_remainder``, ``initial_epoch``, ``epoch`` and ``eval_batch_size``,
-            as in :func:`keras_kdcap.data.cifar100_datasets`.
+        shuffle: shuffle the training set every epoch.
+        drop_remainder: drop the last incomplete training batch.
+        initial_epoch: epoch of the training set's first pass.
+        epoch: if given, the training set replays this one epoch on every pass.
+        eval_batch_size: val batch size (default: ``batch_size``).
 
     Returns:
         ``(train_ds, val_ds)`` of ``(float32 image [B, S, S, 3], int32 label)``.
@@ -131,8 +139,13 @@ def tiny_imagenet_datasets(
         train_map,
         lambda image: normalize(_resize_square(image, image_size), mean, std),
         per_class=per_class,
+        test_per_class=test_per_class,
         batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
         seed=seed,
+        shuffle=shuffle,
+        drop_remainder=drop_remainder,
+        initial_epoch=initial_epoch,
+        epoch=epoch,
         deterministic=deterministic,
-        **options,
     )
