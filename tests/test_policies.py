@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -293,3 +295,103 @@ def test_get_policy_by_name():
     assert set(get_policy_names()) >= {"kd", "ats", "isats", "fgcr"}
     with pytest.raises(ValueError, match="Unknown policy"):
         get_policy("nope")
+
+
+# ------------------------------------------------------------------ configs
+#: per registry name, calls whose arguments between them all differ from the defaults.
+NON_DEFAULT = {
+    "kd": [dict(temperature=2.5)],
+    "ats": [
+        dict(
+            target_temperature=3.0,
+            other_temperature=1.5,
+            student_temperature=2.0,
+            keep_target_first=True,
+        )
+    ],
+    "ctkd": [
+        dict(
+            initial_temperature=5.0,
+            min_temperature=2.0,
+            max_temperature=10.0,
+            lambda_max=0.5,
+            curriculum_epochs=3,
+        )
+    ],
+    "dkd": [dict(tckd_weight=0.5, nckd_weight=2.0, temperature=3.0, warmup_epochs=5)],
+    "fgcr": [
+        dict(
+            weight=0.3,
+            temperature=2.0,
+            num_classes=7,
+            relation_source="classifier",
+            relation_temperature=0.5,
+        )
+    ],
+    "isats": [
+        dict(
+            min_temperature=1.0,
+            max_temperature=10.0,
+            num_candidates=8,
+            refine=True,
+            target_ratio=3.0,
+            fallback_temperature=2.0,
+            student_temperature=1.5,
+            keep_target_first=False,
+            search="scan",
+            target_margin=0.5,
+        ),
+        dict(target_temperature=3.0),
+    ],
+    "ls": [dict(base_policy=ATS(2.0), temperature=3.0, ddof=1, eps=1e-5)],
+    "sckd": [dict(temperature=3.0, weighting="clip", base_policy=FixedTemperature(2.0))],
+}
+
+
+def _package_policies():
+    from keras_kdcap.policies import POLICIES
+
+    return sorted(n for n, c in POLICIES.items() if c.__module__.startswith("keras_kdcap."))
+
+
+@pytest.mark.parametrize("name", _package_policies())
+def test_config_holds_exactly_the_constructor_arguments(name):
+    from keras_kdcap.policies.registry import policy_class
+
+    cls = policy_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    settings = [p for p in params if p not in ("self", "name", "kwargs")]
+    assert name in NON_DEFAULT, f"add {name!r} to NON_DEFAULT"
+    assert set(settings) == {k for args in NON_DEFAULT[name] for k in args}
+    for args in NON_DEFAULT[name]:
+        policy = cls(**args)
+        config = policy.get_config()
+        assert list(config) == ["name", "trainable", "dtype", *settings]
+        for key, value in args.items():
+            assert value != params[key].default, key
+            if key == "base_policy":
+                value = keras.saving.serialize_keras_object(value)
+            assert config[key] == value and type(config[key]) is type(value), key
+        assert cls.from_config(config).get_config() == config
+        restored = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(policy)
+        )
+        assert type(restored) is cls and restored.get_config() == config
+
+
+def test_config_of_a_subclass_and_of_arguments_kept_elsewhere():
+    class Sharper(ATS):
+        def __init__(self, sharpness: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.sharpness = sharpness
+
+    class Hidden(FixedTemperature):
+        def __init__(self, scale: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            self._scale = scale  # not under its own name: Keras's record of it is used
+
+    config = Sharper(2.0, target_temperature=5.0).get_config()
+    assert (config["target_temperature"], config["sharpness"]) == (5.0, 2.0)
+    assert list(config)[-2:] == ["keep_target_first", "sharpness"]
+    assert Sharper.from_config(config).get_config() == config
+    assert Hidden(scale=3.0, temperature=2.0).get_config()["scale"] == 3.0

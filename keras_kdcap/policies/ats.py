@@ -59,13 +59,3 @@ class ATS(TemperaturePolicy):
         probs = kd_ops.asymmetric_softmax(teacher_logits, labels, tau1, tau2)
         student_temperature = ops.full((batch,), self.student_temperature)
         return probs, student_temperature, {"target_cap_rate": capped}
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            target_temperature=self.target_temperature,
-            other_temperature=self.other_temperature,
-            student_temperature=self.student_temperature,
-            keep_target_first=self.keep_target_first,
-        )
-        return config

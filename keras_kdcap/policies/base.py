@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+
 import keras
 
 from keras_kdcap import ops as kd_ops
@@ -16,24 +19,22 @@ class TemperaturePolicy(keras.layers.Layer):
     learnable temperature) is tracked, saved and restored with the
     Distiller. It computes in float32 whatever the global dtype policy.
 
-    Subclasses implement `compute_target`; methods whose KD term is not
-    `s^2 KL(t || softmax(g/s))` override `kd_loss` instead. Per-sample
-    statistics named in `metric_names` are averaged by the Distiller into
-    its History. A class that sets `registry_name` is registered under it
-    (`get_policy(name)`, the scripts' `--policy` flag); its constructor's
-    arguments are its command-line settings (`--policy_args`). Two hooks,
-    no-ops here: `prepare(teacher, data)` before distilling (FGCR's class
-    relations) and `on_epoch_begin(epoch)`, which the Distiller calls at
-    the start of every `fit` epoch (DKD's warm-up, CTKD's curriculum).
-    docs/policies/adding.md walks through a new policy.
+    Subclasses implement `compute_target`, or `kd_loss` for a KD term other
+    than `s^2 KL(t || softmax(g/s))`, and may use the `prepare` and
+    `on_epoch_begin` hooks. A `registry_name` registers the class
+    (`get_policy`, the scripts' `--policy`); its constructor's arguments are
+    its settings (`--policy_args`) and its config. docs/policies/adding.md
+    walks through a new policy.
     """
 
     #: whether `compute_target` needs the labels.
     requires_labels: bool = True
-    #: names of the per-sample statistics `compute_target` returns.
+    #: names of the per-sample statistics `compute_target` returns (averaged into the History).
     metric_names: tuple[str, ...] = ()
     #: the name `get_policy` and the scripts' `--policy` know the class by.
     registry_name: str | None = None
+    #: constructor arguments stored under another attribute (argument -> attribute).
+    config_attributes: Mapping[str, str] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -125,9 +126,40 @@ class TemperaturePolicy(keras.layers.Layer):
             return None
         return kd_ops.sparse_labels(labels, num_classes)
 
+    def get_config(self) -> dict:
+        """The layer's config and every constructor argument, read back from `self`.
+
+        An argument `x` of this class's (or a policy base class's) `__init__`
+        is the attribute `self.x`, or the one `config_attributes` names; one
+        stored under neither keeps the value it was passed, where Keras
+        recorded it (plain values only).
+        """
+        config = super().get_config()
+        passed = getattr(getattr(self, "_auto_config", None), "config", {})
+        for name in _arguments(type(self)):
+            attribute = self.config_attributes.get(name, name)
+            if hasattr(self, attribute):
+                config[name] = getattr(self, attribute)
+            elif name in passed:
+                config[name] = passed[name]
+        return config
+
     def compute_output_spec(self, teacher_logits, labels=None):
         batch = teacher_logits.shape[0]
         return (
             keras.KerasTensor(teacher_logits.shape, dtype="float32"),
             keras.KerasTensor((batch,), dtype="float32"),
         )
+
+
+def _arguments(cls: type) -> list[str]:
+    """The named constructor arguments of `cls` and its policy bases, bases first."""
+    names: dict[str, None] = {}
+    for klass in reversed(cls.__mro__):
+        if not (issubclass(klass, TemperaturePolicy) and "__init__" in vars(klass)):
+            continue
+        for name, param in inspect.signature(klass.__init__).parameters.items():
+            kinds = (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+            if param.kind in kinds and name not in ("self", "name", "dtype"):
+                names[name] = None
+    return list(names)

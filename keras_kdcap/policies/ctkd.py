@@ -9,7 +9,7 @@ from keras import ops
 
 from keras_kdcap import ops as kd_ops
 from keras_kdcap.losses import distillation_loss
-from keras_kdcap.policies.base import TemperaturePolicy
+from keras_kdcap.policies.schedule import ScheduledPolicy
 from keras_kdcap.validation import (
     check_int_at_least,
     check_non_negative,
@@ -37,7 +37,7 @@ def gradient_reversal(x, lam):
 
 
 @keras.saving.register_keras_serializable(package="keras_kdcap")
-class CTKD(TemperaturePolicy):
+class CTKD(ScheduledPolicy):
     """Plain KD at one learnable global temperature that plays against the student.
 
     `T = min_temperature + (max_temperature - min_temperature) * sigmoid(theta)`
@@ -104,16 +104,6 @@ class CTKD(TemperaturePolicy):
             trainable=True,
             dtype="float32",
         )
-        self.epoch = self.add_weight(
-            name="epoch", shape=(), initializer="zeros", trainable=False, dtype="float32"
-        )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Sets the 0-based training epoch the curriculum is computed from."""
-        self.epoch.assign(float(check_int_at_least("epoch", epoch, 0)))
-
-    def on_epoch_begin(self, epoch: int) -> None:
-        self.set_epoch(epoch)
 
     def temperature(self):
         """Deprecated name of `current_temperature` (goes in the next release)."""
@@ -152,14 +142,3 @@ class CTKD(TemperaturePolicy):
             "ctkd_lambda": ops.ones_like(loss) * lam,
         }
         return loss, probs, stats
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            initial_temperature=self.initial_temperature,
-            min_temperature=self.min_temperature,
-            max_temperature=self.max_temperature,
-            lambda_max=self.lambda_max,
-            curriculum_epochs=self.curriculum_epochs,
-        )
-        return config

@@ -6,7 +6,8 @@ import keras
 from keras import ops
 
 from keras_kdcap import ops as kd_ops
-from keras_kdcap.policies.base import TemperaturePolicy
+from keras_kdcap.policies.fixed import tempered_target
+from keras_kdcap.policies.schedule import ScheduledPolicy
 from keras_kdcap.validation import (
     check_int_at_least,
     check_non_negative,
@@ -65,7 +66,7 @@ def decoupled_kl(teacher_logits, student_logits, labels, temperature):
 
 
 @keras.saving.register_keras_serializable(package="keras_kdcap")
-class DKD(TemperaturePolicy):
+class DKD(ScheduledPolicy):
     """KD split into target (TCKD) and non-target (NCKD) parts, weighted apart.
 
     `KD = w(e) * T^2 * (tckd_weight * TCKD + nckd_weight * NCKD)` per sample
@@ -113,16 +114,6 @@ class DKD(TemperaturePolicy):
         self.nckd_weight = check_non_negative("nckd_weight", nckd_weight)
         self.temperature = check_positive("temperature", temperature)
         self.warmup_epochs = check_int_at_least("warmup_epochs", warmup_epochs, 0)
-        self.epoch = self.add_weight(
-            name="epoch", shape=(), initializer="zeros", trainable=False, dtype="float32"
-        )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Sets the 0-based training epoch the warm-up is computed from."""
-        self.epoch.assign(float(check_int_at_least("epoch", epoch, 0)))
-
-    def on_epoch_begin(self, epoch: int) -> None:
-        self.set_epoch(epoch)
 
     def warmup_factor(self):
         """`min((epoch + 1) / warmup_epochs, 1)`, a float32 scalar tensor."""
@@ -132,8 +123,7 @@ class DKD(TemperaturePolicy):
 
     def compute_target(self, teacher_logits, labels):
         """`softmax(f / T)` and `T`; the statistics need the student (see `kd_loss`)."""
-        probs = kd_ops.tempered_softmax(teacher_logits, self.temperature)
-        return probs, ops.full((ops.shape(teacher_logits)[0],), self.temperature), {}
+        return tempered_target(teacher_logits, self.temperature)
 
     def kd_loss(self, teacher_logits, student_logits, labels, temperature_scaling: bool = True):
         tckd, nckd = decoupled_kl(teacher_logits, student_logits, labels, self.temperature)
@@ -144,13 +134,3 @@ class DKD(TemperaturePolicy):
         probs = kd_ops.tempered_softmax(teacher_logits, self.temperature)
         stats = {"tckd": tckd, "nckd": nckd, "dkd_warmup": ops.ones_like(tckd) * factor}
         return loss, probs, stats
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            tckd_weight=self.tckd_weight,
-            nckd_weight=self.nckd_weight,
-            temperature=self.temperature,
-            warmup_epochs=self.warmup_epochs,
-        )
-        return config

@@ -269,14 +269,3 @@ class FGCR(TemperaturePolicy):
         probs = (1.0 - self.weight) * per_sample + self.weight * global_relations
         student_temperature = ops.full((ops.shape(teacher_logits)[0],), self.temperature)
         return probs, student_temperature, {}
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            weight=self.weight,
-            temperature=self.temperature,
-            num_classes=self.num_classes,
-            relation_source=self.relation_source,
-            relation_temperature=self.relation_temperature,
-        )
-        return config

@@ -10,6 +10,20 @@ from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.validation import check_positive
 
 
+def tempered_target(teacher_logits, temperature: float):
+    """Hinton's target: `softmax(f / T)`, the student at `T`, no statistics.
+
+    Args:
+        teacher_logits: `[B, C]` teacher logits.
+        temperature: `T`, a number.
+
+    Returns:
+        `(probs, student_temperature, {})`, as `compute_target` returns them.
+    """
+    probs = kd_ops.tempered_softmax(teacher_logits, temperature)
+    return probs, ops.full((ops.shape(teacher_logits)[0],), temperature), {}
+
+
 @keras.saving.register_keras_serializable(package="keras_kdcap")
 class FixedTemperature(TemperaturePolicy):
     """`t = softmax(f / T)`, student at the same `T` (Hinton et al. 2015).
@@ -31,11 +45,4 @@ class FixedTemperature(TemperaturePolicy):
         self.temperature = check_positive("temperature", temperature)
 
     def compute_target(self, teacher_logits, labels):
-        probs = kd_ops.tempered_softmax(teacher_logits, self.temperature)
-        student_temperature = ops.full((ops.shape(teacher_logits)[0],), self.temperature)
-        return probs, student_temperature, {}
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(temperature=self.temperature)
-        return config
+        return tempered_target(teacher_logits, self.temperature)

@@ -129,11 +129,21 @@ def _scan_argmax(logits, labels, temperatures):
     return ops.fori_loop(0, temperatures.shape[-1], body, start)
 
 
-def _scans(search: str, logits, num_candidates: int) -> bool:
-    """Whether `search` (or "auto" for these sizes) evaluates one candidate at a time."""
+def _check_search(search: str) -> str:
+    """Returns `search`; raises ValueError unless it is one of `SEARCHES`."""
     if search not in SEARCHES:
         raise ValueError(f"`search` must be one of {SEARCHES}; got {search!r}.")
-    if search != "auto":
+    return search
+
+
+def _optional(check, name: str, value):
+    """`check(name, value)`, or None where `value` is None (the argument is unset)."""
+    return None if value is None else check(name, value)
+
+
+def _scans(search: str, logits, num_candidates: int) -> bool:
+    """Whether `search` (or "auto" for these sizes) evaluates one candidate at a time."""
+    if _check_search(search) != "auto":
         return search == "scan"
     rows = logits.shape[0] if isinstance(logits.shape[0], int) else _ASSUMED_ROWS
     return rows * num_candidates * logits.shape[-1] > SCAN_ELEMENTS
@@ -300,6 +310,7 @@ class ISATS(TemperaturePolicy):
     registry_name = "isats"
 
     metric_names = ("temperature", "fallback_rate", "target_cap_rate")
+    config_attributes = {"search": "search_mode"}  # `search` is the method
 
     def __init__(
         self,
@@ -324,29 +335,21 @@ class ISATS(TemperaturePolicy):
         self.num_candidates = check_int_at_least("num_candidates", num_candidates, 2)
         self.refine = bool(refine)
         self.target_ratio = check_positive("target_ratio", target_ratio)
-        self.target_temperature = (
-            None
-            if target_temperature is None
-            else check_positive("target_temperature", target_temperature)
+        self.target_temperature = _optional(
+            check_positive, "target_temperature", target_temperature
         )
         if target_margin is not None and target_temperature is not None:
             raise ValueError(
                 "`target_margin` and `target_temperature` both set `tau1`: pass one of them; "
                 f"got target_margin={target_margin!r}, target_temperature={target_temperature!r}."
             )
-        self.target_margin = (
-            None if target_margin is None else check_fraction("target_margin", target_margin)
-        )
+        self.target_margin = _optional(check_fraction, "target_margin", target_margin)
         self.fallback_temperature = check_positive("fallback_temperature", fallback_temperature)
-        self.student_temperature = (
-            None
-            if student_temperature is None
-            else check_positive("student_temperature", student_temperature)
+        self.student_temperature = _optional(
+            check_positive, "student_temperature", student_temperature
         )
         self.keep_target_first = bool(keep_target_first)
-        if search not in SEARCHES:
-            raise ValueError(f"`search` must be one of {SEARCHES}; got {search!r}.")
-        self.search_mode = search
+        self.search_mode = _check_search(search)
 
     def search(self, teacher_logits, labels):
         """The per-sample variance-maximising temperature `tau*`, `[B]`."""
@@ -385,20 +388,3 @@ class ISATS(TemperaturePolicy):
             "target_cap_rate": capped,
         }
         return probs, student_temperature, stats
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            min_temperature=self.min_temperature,
-            max_temperature=self.max_temperature,
-            num_candidates=self.num_candidates,
-            refine=self.refine,
-            target_ratio=self.target_ratio,
-            target_temperature=self.target_temperature,
-            fallback_temperature=self.fallback_temperature,
-            student_temperature=self.student_temperature,
-            keep_target_first=self.keep_target_first,
-            search=self.search_mode,
-            target_margin=self.target_margin,
-        )
-        return config

@@ -9,6 +9,7 @@ from keras_kdcap import ops as kd_ops
 from keras_kdcap.losses import distillation_loss
 from keras_kdcap.policies.base import TemperaturePolicy
 from keras_kdcap.policies.sckd import SCKD
+from keras_kdcap.policies.wrapper import WrapperPolicy
 from keras_kdcap.validation import check_non_negative, check_positive
 
 #: keeps the square root's gradient finite when every logit of a row is equal.
@@ -34,7 +35,7 @@ def standardize_logits(logits, ddof: int = 0, eps: float = 1e-7):
 
 
 @keras.saving.register_keras_serializable(package="keras_kdcap")
-class LogitStandardization(TemperaturePolicy):
+class LogitStandardization(WrapperPolicy):
     """KD on z-scored teacher and student logits, alone or around another policy.
 
     Without `base_policy`: `T^2 KL(softmax(z(f) / T) || softmax(z(g) / T))`,
@@ -74,31 +75,21 @@ class LogitStandardization(TemperaturePolicy):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        if base_policy is not None:
-            if not isinstance(base_policy, TemperaturePolicy):
-                raise TypeError(
-                    "`base_policy` must be a keras_kdcap TemperaturePolicy or None; "
-                    f"got {type(base_policy).__name__}."
+        self.base_policy = self.check_base_policy(base_policy)
+        if isinstance(base_policy, (LogitStandardization, SCKD)):
+            raise ValueError(
+                f"`base_policy` cannot be {type(base_policy).__name__}: "
+                + (
+                    "SCKD's weight is defined on the raw student logits."
+                    if isinstance(base_policy, SCKD)
+                    else "the logits are standardised already."
                 )
-            if isinstance(base_policy, (LogitStandardization, SCKD)):
-                raise ValueError(
-                    f"`base_policy` cannot be {type(base_policy).__name__}: "
-                    + (
-                        "SCKD's weight is defined on the raw student logits."
-                        if isinstance(base_policy, SCKD)
-                        else "the logits are standardised already."
-                    )
-                )
-        self.base_policy = base_policy
+            )
         self.temperature = check_positive("temperature", temperature)
         if ddof not in (0, 1) or isinstance(ddof, bool):
             raise ValueError(f"`ddof` must be 0 or 1; got {ddof!r}.")
         self.ddof = int(ddof)
         self.eps = check_non_negative("eps", eps)
-
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        return () if self.base_policy is None else tuple(self.base_policy.metric_names)
 
     @property
     def requires_labels(self) -> bool:
@@ -113,25 +104,8 @@ class LogitStandardization(TemperaturePolicy):
         if hasattr(self.base_policy, "set_epoch"):
             self.base_policy.set_epoch(epoch)
 
-    def on_epoch_begin(self, epoch: int) -> None:
-        if self.base_policy is not None:
-            self.base_policy.on_epoch_begin(epoch)
-
-    def prepare(self, teacher: keras.Model, data=None) -> None:
-        """Prepares the base policy (on the raw teacher: its relations are per class)."""
-        if self.base_policy is not None:
-            self.base_policy.prepare(teacher, data)
-
-    def check_ready(self) -> None:
-        if self.base_policy is not None:
-            self.base_policy.check_ready()
-
     def compute_target(self, teacher_logits, labels):
-        teacher = self.standardize(teacher_logits)
-        if self.base_policy is not None:
-            return self.base_policy.compute_target(teacher, labels)
-        probs = kd_ops.tempered_softmax(teacher, self.temperature)
-        return probs, ops.full((ops.shape(teacher)[0],), self.temperature), {}
+        return super().compute_target(self.standardize(teacher_logits), labels)
 
     def kd_loss(self, teacher_logits, student_logits, labels, temperature_scaling: bool = True):
         teacher = self.standardize(teacher_logits)
@@ -141,25 +115,3 @@ class LogitStandardization(TemperaturePolicy):
         probs = kd_ops.tempered_softmax(teacher, self.temperature)
         loss = distillation_loss(probs, student, self.temperature, temperature_scaling)
         return loss, probs, {}
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            base_policy=(
-                None
-                if self.base_policy is None
-                else keras.saving.serialize_keras_object(self.base_policy)
-            ),
-            temperature=self.temperature,
-            ddof=self.ddof,
-            eps=self.eps,
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> LogitStandardization:
-        config = dict(config)
-        base = config.pop("base_policy", None)
-        if base is not None:
-            base = keras.saving.deserialize_keras_object(base)
-        return cls(base_policy=base, **config)

@@ -8,6 +8,7 @@ from keras import ops
 from keras_kdcap import ops as kd_ops
 from keras_kdcap.losses import distillation_loss
 from keras_kdcap.policies.base import TemperaturePolicy
+from keras_kdcap.policies.wrapper import WrapperPolicy
 from keras_kdcap.validation import check_positive, deprecated_name
 
 #: how the gradient cosine becomes the KD weight.
@@ -59,7 +60,7 @@ def gradient_cosine(student_logits, labels, teacher_probs, student_temperature):
 
 
 @keras.saving.register_keras_serializable(package="keras_kdcap")
-class SCKD(TemperaturePolicy):
+class SCKD(WrapperPolicy):
     """KD weighted per sample by how well its gradient agrees with the CE gradient.
 
     `KD = w(cos) * s^2 KL(t || softmax(g / s))`, `cos` the cosine between
@@ -100,43 +101,17 @@ class SCKD(TemperaturePolicy):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"`weighting` must be one of {WEIGHTINGS}; got {weighting!r}.")
         self.weighting = weighting
-        if base_policy is not None:
-            if not isinstance(base_policy, TemperaturePolicy):
-                raise TypeError(
-                    "`base_policy` must be a keras_kdcap TemperaturePolicy or None; "
-                    f"got {type(base_policy).__name__}."
-                )
-            if type(base_policy).kd_loss is not TemperaturePolicy.kd_loss:
-                raise ValueError(
-                    f"`base_policy` cannot be {type(base_policy).__name__}: SCKD needs a "
-                    "policy whose KD term is s^2 KL(t || softmax(g / s)) (FixedTemperature, "
-                    "ATS, ISATS, FGCR)."
-                )
-        self.base_policy = base_policy
+        self.base_policy = self.check_base_policy(base_policy)
+        if base_policy is not None and type(base_policy).kd_loss is not TemperaturePolicy.kd_loss:
+            raise ValueError(
+                f"`base_policy` cannot be {type(base_policy).__name__}: SCKD needs a "
+                "policy whose KD term is s^2 KL(t || softmax(g / s)) (FixedTemperature, "
+                "ATS, ISATS, FGCR)."
+            )
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        base = () if self.base_policy is None else tuple(self.base_policy.metric_names)
-        return ("sckd_weight", "grad_cosine", *base)
-
-    def check_ready(self) -> None:
-        if self.base_policy is not None:
-            self.base_policy.check_ready()
-
-    def compute_target(self, teacher_logits, labels):
-        """The base target (or `softmax(f / T)`); SCKD's own statistics come from `kd_loss`."""
-        if self.base_policy is not None:
-            return self.base_policy.compute_target(teacher_logits, labels)
-        probs = kd_ops.tempered_softmax(teacher_logits, self.temperature)
-        return probs, ops.full((ops.shape(teacher_logits)[0],), self.temperature), {}
-
-    def prepare(self, teacher: keras.Model, data=None) -> None:
-        if self.base_policy is not None:
-            self.base_policy.prepare(teacher, data)
-
-    def on_epoch_begin(self, epoch: int) -> None:
-        if self.base_policy is not None:
-            self.base_policy.on_epoch_begin(epoch)
+        return ("sckd_weight", "grad_cosine", *super().metric_names)
 
     def weight(self, cosine):
         """Deprecated name of `kd_weight` (goes in the next release)."""
@@ -157,24 +132,3 @@ class SCKD(TemperaturePolicy):
         weight = ops.stop_gradient(self.kd_weight(cosine))
         kd = distillation_loss(probs, student_logits, temperature, temperature_scaling)
         return weight * kd, probs, {**stats, "sckd_weight": weight, "grad_cosine": cosine}
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            temperature=self.temperature,
-            weighting=self.weighting,
-            base_policy=(
-                None
-                if self.base_policy is None
-                else keras.saving.serialize_keras_object(self.base_policy)
-            ),
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> SCKD:
-        config = dict(config)
-        base = config.pop("base_policy", None)
-        if base is not None:
-            base = keras.saving.deserialize_keras_object(base)
-        return cls(base_policy=base, **config)
