@@ -93,71 +93,6 @@ class HostVarianceScaling(keras.initializers.Initializer):
         }
 
 
-def conv_initializer() -> keras.initializers.Initializer:
-    """He-normal with fan-out, as ``torch.nn.init.kaiming_normal_(mode="fan_out")``.
-
-    Returns:
-        A fresh initializer (``fan_out = k_h * k_w * out_channels``).
-    """
-    return HostVarianceScaling(scale=2.0, mode="fan_out", distribution="normal")
-
-
-def depthwise_initializer() -> keras.initializers.Initializer:
-    """He-normal with PyTorch's fan-out for a depthwise kernel.
-
-    A Keras depthwise kernel has shape ``(k, k, C, 1)``, so Keras' "fan_in" (``k * k * C``)
-    is what PyTorch calls fan-out for the same convolution (``out_channels * k * k``).
-
-    Returns:
-        A fresh initializer.
-    """
-    return HostVarianceScaling(scale=2.0, mode="fan_in", distribution="normal")
-
-
-def torch_linear_initializer() -> keras.initializers.Initializer:
-    """PyTorch's default ``nn.Linear`` weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-
-    Returns:
-        A fresh initializer.
-    """
-    return HostVarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
-
-
-def check_num_classes(num_classes: Any) -> int:
-    """Validate a class count.
-
-    Args:
-        num_classes: the requested number of classes.
-
-    Returns:
-        ``num_classes`` as an ``int``.
-
-    Raises:
-        ValueError: if it is not an integer >= 1.
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    return num_classes
-
-
-def _torch_padding(x: Any, kernel_size: int, strides: int, name: str) -> tuple[Any, str]:
-    """Pad a strided convolution's input by ``k // 2`` on every side, as PyTorch does.
-
-    Args:
-        x: the convolution's input.
-        kernel_size: square kernel size.
-        strides: stride of the convolution.
-        name: the convolution's name (the padding layer is ``name + "_pad"``).
-
-    Returns:
-        ``(x, padding)``: the input, padded when strided with ``k > 1``, and the Keras
-        ``padding`` mode of the convolution (``"valid"`` after padding, else ``"same"``).
-    """
-    if strides > 1 and kernel_size > 1:
-        return layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x), "valid"
-    return x, "same"
-
-
 def conv2d(
     x: Any,
     filters: int,
@@ -184,18 +119,19 @@ def conv2d(
     Returns:
         The output tensor.
     """
-    x, padding = _torch_padding(x, kernel_size, strides, name)
-    return layers.Conv2D(
-        filters,
+    return _torch_padded(
+        layers.Conv2D,
+        x,
         kernel_size,
-        strides=strides,
-        padding=padding,
+        strides,
+        name,
+        filters=filters,
         groups=groups,
         use_bias=use_bias,
-        kernel_initializer=conv_initializer(),
+        # torch.nn.init.kaiming_normal_(mode="fan_out"): fan_out = k_h * k_w * out_channels.
+        kernel_initializer=HostVarianceScaling(2.0, "fan_out"),
         kernel_regularizer=kernel_regularizer,
-        name=name,
-    )(x)
+    )
 
 
 def depthwise_conv2d(x: Any, strides: int = 1, *, name: str, kernel_regularizer: Any = None) -> Any:
@@ -210,55 +146,43 @@ def depthwise_conv2d(x: Any, strides: int = 1, *, name: str, kernel_regularizer:
     Returns:
         The output tensor.
     """
-    x, padding = _torch_padding(x, 3, strides, name)
-    return layers.DepthwiseConv2D(
+    return _torch_padded(
+        layers.DepthwiseConv2D,
+        x,
         3,
-        strides=strides,
-        padding=padding,
+        strides,
+        name,
         use_bias=False,
-        depthwise_initializer=depthwise_initializer(),
+        # A Keras depthwise kernel is (k, k, C, 1): its "fan_in" k * k * C is PyTorch's
+        # fan-out of the same convolution, so this is kaiming_normal_(mode="fan_out").
+        depthwise_initializer=HostVarianceScaling(2.0, "fan_in"),
         depthwise_regularizer=kernel_regularizer,
-        name=name,
-    )(x)
+    )
+
+
+def _torch_padded(
+    conv: type[layers.Layer], x: Any, kernel_size: int, strides: int, name: str, **kwargs: Any
+) -> Any:
+    """Apply ``conv`` padded by ``k // 2`` (a strided one after ``ZeroPadding2D`` ``name_pad``)."""
+    padding = "same"
+    if strides > 1 and kernel_size > 1:
+        x = layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+        padding = "valid"
+    return conv(kernel_size=kernel_size, strides=strides, padding=padding, name=name, **kwargs)(x)
 
 
 def batch_norm(x: Any, *, name: str) -> Any:
-    """Apply BatchNorm with PyTorch's defaults (momentum 0.1 there, 0.9 here; eps 1e-5).
-
-    Args:
-        x: input tensor (channels last).
-        name: layer name.
-
-    Returns:
-        The output tensor.
-    """
+    """Apply BatchNorm with PyTorch's defaults (momentum 0.1 there, 0.9 here; eps 1e-5)."""
     return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
 
 
 def relu(x: Any, *, name: str) -> Any:
-    """Apply a ReLU.
-
-    Args:
-        x: input tensor.
-        name: layer name.
-
-    Returns:
-        The output tensor.
-    """
+    """Apply a ReLU layer named ``name``."""
     return layers.ReLU(name=name)(x)
 
 
 def bn_relu(x: Any, bn_name: str, relu_name: str) -> Any:
-    """Apply BatchNorm (PyTorch's defaults, as :func:`batch_norm`), then a ReLU.
-
-    Args:
-        x: input tensor (channels last).
-        bn_name: name of the BatchNorm layer.
-        relu_name: name of the ReLU layer.
-
-    Returns:
-        The output tensor.
-    """
+    """Apply :func:`batch_norm`, then :func:`relu`."""
     return relu(batch_norm(x, name=bn_name), name=relu_name)
 
 
@@ -295,54 +219,49 @@ def stack_stages(
     return x
 
 
-def model_input(input_shape: Sequence[int | None]) -> Any:
-    """Create the image input.
-
-    Args:
-        input_shape: ``(H, W, C)``, channels last.
-
-    Returns:
-        A ``keras.Input`` tensor named ``"image"``.
-    """
-    shape = tuple(input_shape)
-    if len(shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
-    return keras.Input(shape=shape, name="image")
-
-
-def finish_model(
-    inputs: Any,
-    x: Any,
-    num_classes: int,
-    *,
+def zoo_model(
+    body: Callable[[Any, Any], Any],
     name: str,
+    num_classes: Any,
+    input_shape: Sequence[int | None],
     with_features: bool,
-    kernel_regularizer: Any = None,
-    classifier_initializer: Any = None,
+    kernel_regularizer: Any,
+    classifier_stddev: float | None = None,
 ) -> keras.Model:
-    """Pool the last feature map, add the ``"classifier"`` Dense and build the model.
+    """Build a zoo model around ``body``: the part every family builder shares.
 
-    The features are ``GlobalAveragePooling2D(name="global_pool")`` of ``x``; the
-    classifier gives float32 logits.
+    Validates ``num_classes`` and ``input_shape`` before any layer is made, creates the
+    input ``"image"``, then ``GlobalAveragePooling2D`` ``"global_pool"`` (the features)
+    and the float32 Dense ``"classifier"`` (the logits) after ``body``.
 
     Args:
-        inputs: the model input tensor.
-        x: the last feature map ``[B, H, W, D]``.
-        num_classes: number of logits.
+        body: ``body(image, regularizer)`` returns the last feature map ``[B, H, W, D]``.
         name: model name.
-        with_features: if True the model outputs ``{"logits", "features": [B, D]}``.
-        kernel_regularizer: optional regularizer for the classifier kernel.
-        classifier_initializer: kernel initializer; PyTorch's ``nn.Linear`` default if None.
+        num_classes, input_shape, with_features, kernel_regularizer: the builder's
+            arguments, as documented in ``keras_kdcap.models.get_model``.
+        classifier_stddev: classifier kernel ~ N(0, stddev) if set; PyTorch's
+            ``nn.Linear`` default U(-1/sqrt(D), 1/sqrt(D)) if None.
 
     Returns:
         The functional ``keras.Model``.
     """
-    features = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if len(tuple(input_shape)) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
+    reg = keras.regularizers.get(kernel_regularizer)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    features = layers.GlobalAveragePooling2D(name="global_pool")(body(inputs, reg))
+    if classifier_stddev is None:
+        # nn.Linear's default U(-1/sqrt(D), 1/sqrt(D)): limit sqrt(3 * scale / D), scale 1/3.
+        classifier_init = HostVarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+    else:
+        classifier_init = keras.initializers.RandomNormal(stddev=classifier_stddev)
     logits = layers.Dense(
         num_classes,
-        kernel_initializer=classifier_initializer or torch_linear_initializer(),
+        kernel_initializer=classifier_init,
         bias_initializer="zeros",
-        kernel_regularizer=kernel_regularizer,
+        kernel_regularizer=reg,
         dtype="float32",
         name="classifier",
     )(features)

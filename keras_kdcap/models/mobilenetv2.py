@@ -22,12 +22,10 @@ from keras import layers
 from keras_kdcap.models._common import (
     batch_norm,
     bn_relu,
-    check_num_classes,
     conv2d,
     depthwise_conv2d,
-    finish_model,
-    model_input,
     stack_stages,
+    zoo_model,
 )
 
 
@@ -76,37 +74,28 @@ def build_mobilenetv2(
     Args:
         width_mult: channel multiplier ``w`` (0.5 for RepDistiller's ``mobile_half``).
         expansion: expansion ratio ``T`` of every stage but the first.
-        num_classes: number of logits.
-        input_shape: image shape ``(H, W, C)``, channels last.
-        with_features: if True, output ``{"logits": [B, C], "features": [B, 1280]}``.
-        kernel_regularizer: optional regularizer for every conv and dense kernel.
+        num_classes, input_shape, with_features, kernel_regularizer: as for
+            :func:`~keras_kdcap.models.get_model`; the features have ``D = 1280``
+            (``int(1280 * w)`` when ``w > 1``).
         name: model name; ``mobilenetv2`` for the default configuration if None.
 
     Returns:
         A functional ``keras.Model`` producing float32 logits.
     """
-    num_classes = check_num_classes(num_classes)
     if width_mult <= 0 or expansion < 1:
         raise ValueError(f"need width_mult > 0 and expansion >= 1, got {width_mult}, {expansion}")
     if name is None:
         default = width_mult == 0.5 and expansion == 6
         name = "mobilenetv2" if default else f"mobilenetv2_t{expansion}_w{width_mult:g}"
-    reg = keras.regularizers.get(kernel_regularizer)
     last_channels = int(1280 * width_mult) if width_mult > 1.0 else 1280
-
-    inputs = model_input(input_shape)
-    x = conv2d(inputs, int(32 * width_mult), 3, 2, name="stem_conv", kernel_regularizer=reg)
-    x = bn_relu(x, "stem_bn", "stem_relu")
     stages = [(int(c * width_mult), n, s, t) for t, c, n, s in _stage_settings(expansion)]
-    x = stack_stages(x, _inverted_residual, stages, kernel_regularizer=reg)
-    x = conv2d(x, last_channels, 1, name="head_conv", kernel_regularizer=reg)
-    x = bn_relu(x, "head_bn", "head_relu")
-    return finish_model(
-        inputs,
-        x,
-        num_classes,
-        name=name,
-        with_features=with_features,
-        kernel_regularizer=reg,
-        classifier_initializer=keras.initializers.RandomNormal(stddev=0.01),
-    )
+
+    def body(x: Any, reg: Any) -> Any:
+        x = conv2d(x, int(32 * width_mult), 3, 2, name="stem_conv", kernel_regularizer=reg)
+        x = bn_relu(x, "stem_bn", "stem_relu")
+        x = stack_stages(x, _inverted_residual, stages, kernel_regularizer=reg)
+        x = conv2d(x, last_channels, 1, name="head_conv", kernel_regularizer=reg)
+        return bn_relu(x, "head_bn", "head_relu")
+
+    # The reference draws the classifier kernel from N(0, 0.01): classifier_stddev=0.01.
+    return zoo_model(body, name, num_classes, input_shape, with_features, kernel_regularizer, 0.01)

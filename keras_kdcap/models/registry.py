@@ -13,7 +13,6 @@ from typing import Any
 
 import keras
 
-from keras_kdcap.models._common import check_num_classes
 from keras_kdcap.models.mobilenetv2 import build_mobilenetv2
 from keras_kdcap.models.resnet import NARROW_WIDTHS, WIDE_WIDTHS, build_resnet
 from keras_kdcap.models.shufflenet import build_shufflenetv1, build_shufflenetv2
@@ -92,8 +91,9 @@ def get_model(
         input_shape: image shape ``(H, W, C)``, channels last; the CRD protocol uses 32x32x3.
         with_features: if True the model outputs ``{"logits": [B, num_classes],
             "features": [B, FEATURE_DIMS[name]]}`` from one forward pass.
-        **kwargs: forwarded to the family builder, e.g. ``kernel_regularizer`` (applied to
-            every conv and dense kernel) or ``name``.
+        **kwargs: forwarded to the family builder (``build_resnet``, ...), e.g.
+            ``kernel_regularizer`` (a Keras regularizer or its name such as ``"l2"``, applied
+            to every conv, depthwise and dense kernel; none if None) or ``name``.
 
     Returns:
         A functional ``keras.Model`` whose last layer is the Dense ``"classifier"``.
@@ -102,7 +102,6 @@ def get_model(
         ValueError: for an unknown ``name`` or ``num_classes < 1``.
     """
     builder = _BUILDERS[_canonical(name)]
-    num_classes = check_num_classes(num_classes)
     return builder(
         num_classes=num_classes, input_shape=input_shape, with_features=with_features, **kwargs
     )

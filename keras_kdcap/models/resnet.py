@@ -21,12 +21,10 @@ from keras import layers
 from keras_kdcap.models._common import (
     batch_norm,
     bn_relu,
-    check_num_classes,
     conv2d,
-    finish_model,
-    model_input,
     relu,
     stack_stages,
+    zoo_model,
 )
 
 NARROW_WIDTHS = (16, 16, 32, 64)
@@ -63,16 +61,13 @@ def build_resnet(
     Args:
         depth: total depth, ``6n + 2`` (8, 14, 20, 32, 44, 56, 110, ...).
         widths: four channel counts: stem, stage 1, stage 2, stage 3.
-        num_classes: number of logits.
-        input_shape: image shape ``(H, W, C)``, channels last.
-        with_features: if True, output ``{"logits": [B, C], "features": [B, widths[-1]]}``.
-        kernel_regularizer: optional regularizer for every conv and dense kernel.
+        num_classes, input_shape, with_features, kernel_regularizer: as for
+            :func:`~keras_kdcap.models.get_model`; the features have ``D = widths[-1]``.
         name: model name; ``resnet{depth}`` (``x4`` suffix for wide widths) if None.
 
     Returns:
         A functional ``keras.Model`` producing float32 logits.
     """
-    num_classes = check_num_classes(num_classes)
     if depth < 8 or (depth - 2) % 6 != 0:
         raise ValueError(f"ResNet depth must be 6n + 2 with n >= 1, got {depth}")
     widths = tuple(int(w) for w in widths)
@@ -81,14 +76,12 @@ def build_resnet(
     if name is None:
         suffix = {NARROW_WIDTHS: "", WIDE_WIDTHS: "x4"}.get(widths, "_custom")
         name = f"resnet{depth}{suffix}"
-    reg = keras.regularizers.get(kernel_regularizer)
     blocks_per_stage = (depth - 2) // 6
 
-    inputs = model_input(input_shape)
-    x = conv2d(inputs, widths[0], 3, 1, name="stem_conv", kernel_regularizer=reg)
-    x = bn_relu(x, "stem_bn", "stem_relu")
-    stages = [(w, blocks_per_stage, s) for w, s in zip(widths[1:], (1, 2, 2), strict=True)]
-    x = stack_stages(x, _basic_block, stages, kernel_regularizer=reg)
-    return finish_model(
-        inputs, x, num_classes, name=name, with_features=with_features, kernel_regularizer=reg
-    )
+    def body(x: Any, reg: Any) -> Any:
+        x = conv2d(x, widths[0], 3, 1, name="stem_conv", kernel_regularizer=reg)
+        x = bn_relu(x, "stem_bn", "stem_relu")
+        stages = [(w, blocks_per_stage, s) for w, s in zip(widths[1:], (1, 2, 2), strict=True)]
+        return stack_stages(x, _basic_block, stages, kernel_regularizer=reg)
+
+    return zoo_model(body, name, num_classes, input_shape, with_features, kernel_regularizer)

@@ -26,13 +26,11 @@ from keras import layers, ops
 from keras_kdcap.models._common import (
     batch_norm,
     bn_relu,
-    check_num_classes,
     conv2d,
     depthwise_conv2d,
-    finish_model,
-    model_input,
     relu,
     stack_stages,
+    zoo_model,
 )
 
 V2_CONFIGS = {
@@ -169,24 +167,19 @@ def build_shufflenetv1(
         groups: groups of the pointwise convolutions.
         out_channels: output width of each of the three stages.
         num_blocks: units per stage (the first one down-samples).
-        num_classes: number of logits.
-        input_shape: image shape ``(H, W, C)``, channels last.
-        with_features: if True, output ``{"logits", "features": [B, out_channels[-1]]}``.
-        kernel_regularizer: optional regularizer for every conv and dense kernel.
+        num_classes, input_shape, with_features, kernel_regularizer: as for
+            :func:`~keras_kdcap.models.get_model`; the features have ``D = out_channels[-1]``.
         name: model name.
 
     Returns:
         A functional ``keras.Model`` producing float32 logits.
     """
-    num_classes = check_num_classes(num_classes)
-    reg = keras.regularizers.get(kernel_regularizer)
-    inputs = model_input(input_shape)
-    x = _stem(inputs, reg)
     stages = [(w, n, 2, groups) for w, n in zip(out_channels, num_blocks, strict=True)]
-    x = stack_stages(x, _v1_bottleneck, stages, kernel_regularizer=reg)
-    return finish_model(
-        inputs, x, num_classes, name=name, with_features=with_features, kernel_regularizer=reg
-    )
+
+    def body(x: Any, reg: Any) -> Any:
+        return stack_stages(_stem(x, reg), _v1_bottleneck, stages, kernel_regularizer=reg)
+
+    return zoo_model(body, name, num_classes, input_shape, with_features, kernel_regularizer)
 
 
 def _v2_branch(x: Any, width: int, strides: int, name: str, kernel_regularizer: Any) -> Any:
@@ -233,34 +226,28 @@ def build_shufflenetv2(
 
     Args:
         net_size: width setting, one of 0.5, 1, 1.5, 2.
-        num_classes: number of logits.
-        input_shape: image shape ``(H, W, C)``, channels last.
-        with_features: if True, output ``{"logits", "features": [B, 1024]}`` (2048 for size 2).
-        kernel_regularizer: optional regularizer for every conv and dense kernel.
+        num_classes, input_shape, with_features, kernel_regularizer: as for
+            :func:`~keras_kdcap.models.get_model`; the features have ``D = 1024`` (2048 for size 2).
         name: model name; ``shufflenetv2`` for size 1 if None.
 
     Returns:
         A functional ``keras.Model`` producing float32 logits.
     """
-    num_classes = check_num_classes(num_classes)
     if float(net_size) not in V2_CONFIGS:
         raise ValueError(f"net_size must be one of {sorted(V2_CONFIGS)}, got {net_size}")
     config = V2_CONFIGS[float(net_size)]
     if name is None:
         name = "shufflenetv2" if float(net_size) == 1.0 else f"shufflenetv2_x{net_size:g}"
-    reg = keras.regularizers.get(kernel_regularizer)
     *stage_widths, last_channels = config["out_channels"]
+    stages = tuple(zip(stage_widths, config["num_blocks"], strict=True))
 
-    inputs = model_input(input_shape)
-    x = _stem(inputs, reg)
-    for stage, (width, blocks) in enumerate(
-        zip(stage_widths, config["num_blocks"], strict=True), start=1
-    ):
-        x = _v2_down_unit(x, width, name=f"stage{stage}_down", kernel_regularizer=reg)
-        for block in range(1, blocks + 1):
-            x = _v2_basic_unit(x, name=f"stage{stage}_block{block}", kernel_regularizer=reg)
-    x = conv2d(x, last_channels, 1, name="head_conv", kernel_regularizer=reg)
-    x = bn_relu(x, "head_bn", "head_relu")
-    return finish_model(
-        inputs, x, num_classes, name=name, with_features=with_features, kernel_regularizer=reg
-    )
+    def body(x: Any, reg: Any) -> Any:
+        x = _stem(x, reg)
+        for stage, (width, blocks) in enumerate(stages, start=1):
+            x = _v2_down_unit(x, width, name=f"stage{stage}_down", kernel_regularizer=reg)
+            for block in range(1, blocks + 1):
+                x = _v2_basic_unit(x, name=f"stage{stage}_block{block}", kernel_regularizer=reg)
+        x = conv2d(x, last_channels, 1, name="head_conv", kernel_regularizer=reg)
+        return bn_relu(x, "head_bn", "head_relu")
+
+    return zoo_model(body, name, num_classes, input_shape, with_features, kernel_regularizer)

@@ -17,13 +17,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from keras_kdcap.models._common import (
-    bn_relu,
-    check_num_classes,
-    conv2d,
-    finish_model,
-    model_input,
-)
+from keras_kdcap.models._common import bn_relu, conv2d, zoo_model
 
 GROUP_WIDTHS = (64, 128, 256, 512, 512)
 CONVS_PER_GROUP = {
@@ -47,39 +41,28 @@ def build_vgg(
 
     Args:
         depth: one of 8, 11, 13, 16, 19.
-        num_classes: number of logits.
-        input_shape: image shape ``(H, W, C)``, channels last.
-        with_features: if True, output ``{"logits": [B, C], "features": [B, 512]}``.
-        kernel_regularizer: optional regularizer for every conv and dense kernel.
+        num_classes, input_shape, with_features, kernel_regularizer: as for
+            :func:`~keras_kdcap.models.get_model`; the features have ``D = 512``.
         name: model name; ``vgg{depth}`` if None.
 
     Returns:
         A functional ``keras.Model`` producing float32 logits.
     """
-    num_classes = check_num_classes(num_classes)
     if depth not in CONVS_PER_GROUP:
         raise ValueError(f"VGG depth must be one of {sorted(CONVS_PER_GROUP)}, got {depth}")
     name = name or f"vgg{depth}"
-    reg = keras.regularizers.get(kernel_regularizer)
     pool_group4 = input_shape[0] is not None and input_shape[0] >= 64
+    groups = tuple(zip(GROUP_WIDTHS, CONVS_PER_GROUP[depth], strict=True))
 
-    inputs = model_input(input_shape)
-    x = inputs
-    for group, (filters, convs) in enumerate(
-        zip(GROUP_WIDTHS, CONVS_PER_GROUP[depth], strict=True), start=1
-    ):
-        for i in range(1, convs + 1):
-            prefix = f"group{group}_conv{i}"
-            x = conv2d(x, filters, 3, 1, name=prefix, use_bias=True, kernel_regularizer=reg)
-            x = bn_relu(x, f"{prefix}_bn", f"{prefix}_relu")
-        if group <= 3 or (group == 4 and pool_group4):
-            x = layers.MaxPooling2D(2, name=f"group{group}_pool")(x)
-    return finish_model(
-        inputs,
-        x,
-        num_classes,
-        name=name,
-        with_features=with_features,
-        kernel_regularizer=reg,
-        classifier_initializer=keras.initializers.RandomNormal(stddev=0.01),
-    )
+    def body(x: Any, reg: Any) -> Any:
+        for group, (filters, convs) in enumerate(groups, start=1):
+            for i in range(1, convs + 1):
+                prefix = f"group{group}_conv{i}"
+                x = conv2d(x, filters, 3, 1, name=prefix, use_bias=True, kernel_regularizer=reg)
+                x = bn_relu(x, f"{prefix}_bn", f"{prefix}_relu")
+            if group <= 3 or (group == 4 and pool_group4):
+                x = layers.MaxPooling2D(2, name=f"group{group}_pool")(x)
+        return x
+
+    # The reference draws the classifier kernel from N(0, 0.01): classifier_stddev=0.01.
+    return zoo_model(body, name, num_classes, input_shape, with_features, kernel_regularizer, 0.01)

@@ -19,14 +19,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from keras_kdcap.models._common import (
-    bn_relu,
-    check_num_classes,
-    conv2d,
-    finish_model,
-    model_input,
-    stack_stages,
-)
+from keras_kdcap.models._common import bn_relu, conv2d, stack_stages, zoo_model
 
 
 def _wide_block(
@@ -67,33 +60,28 @@ def build_wide_resnet(
     Args:
         depth: total depth, ``6n + 4`` (16, 22, 28, 40, ...).
         widen_factor: width multiplier ``k`` (stage widths ``16k, 32k, 64k``).
-        num_classes: number of logits.
-        input_shape: image shape ``(H, W, C)``, channels last.
-        with_features: if True, output ``{"logits": [B, C], "features": [B, 64k]}``.
-        kernel_regularizer: optional regularizer for every conv and dense kernel.
+        num_classes, input_shape, with_features, kernel_regularizer: as for
+            :func:`~keras_kdcap.models.get_model`; the features have ``D = 64k``.
         dropout_rate: dropout between the two convs of each block (0 in the CRD protocol).
         name: model name; ``wrn_{depth}_{widen_factor}`` if None.
 
     Returns:
         A functional ``keras.Model`` producing float32 logits.
     """
-    num_classes = check_num_classes(num_classes)
     if depth < 10 or (depth - 4) % 6 != 0:
         raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
     if widen_factor < 1:
         raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
     name = name or f"wrn_{depth}_{widen_factor}"
-    reg = keras.regularizers.get(kernel_regularizer)
     blocks_per_stage = (depth - 4) // 6
     widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-
-    inputs = model_input(input_shape)
-    x = conv2d(inputs, 16, 3, 1, name="stem_conv", kernel_regularizer=reg)
     stages = [
         (w, blocks_per_stage, s, dropout_rate) for w, s in zip(widths, (1, 2, 2), strict=True)
     ]
-    x = stack_stages(x, _wide_block, stages, kernel_regularizer=reg)
-    x = bn_relu(x, "final_bn", "final_relu")
-    return finish_model(
-        inputs, x, num_classes, name=name, with_features=with_features, kernel_regularizer=reg
-    )
+
+    def body(x: Any, reg: Any) -> Any:
+        x = conv2d(x, 16, 3, 1, name="stem_conv", kernel_regularizer=reg)
+        x = stack_stages(x, _wide_block, stages, kernel_regularizer=reg)
+        return bn_relu(x, "final_bn", "final_relu")
+
+    return zoo_model(body, name, num_classes, input_shape, with_features, kernel_regularizer)
