@@ -1,4 +1,4 @@
-"""Shared fixtures: the backend under test, seeded data and the CIFAR-100 copy."""
+"""Shared fixtures: the backend under test, seeded data, a small teacher and the CIFAR-100 copy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers import classification_data, mlp
 
 
 def cifar100_dir() -> Path:
@@ -53,6 +54,18 @@ def pytest_report_header(config):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def data(rng) -> tuple[np.ndarray, np.ndarray]:
+    """64 rows of `helpers.classification_data`; a module may define its own `data`."""
+    return classification_data(rng, 64)
+
+
+@pytest.fixture
+def teacher() -> keras.Model:
+    """An untrained `helpers.mlp(16, seed=1)`; a module may define its own `teacher`."""
+    return mlp(16, seed=1)
 
 
 def pytest_terminal_summary(terminalreporter):

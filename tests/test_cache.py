@@ -6,34 +6,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import to_numpy
+from helpers import classification_data, mlp, to_numpy
 
 from keras_kdcap import ISATS, Distiller
 from keras_kdcap.cache import TeacherCache, data_fingerprint, teacher_fingerprint
 
-CLASSES = 5
-FEATURES = 8
-
-
-def dense(seed: int, hidden: int = 0) -> keras.Model:
-    init = keras.initializers.GlorotUniform(seed=seed)
-    layers = [keras.Input((FEATURES,))]
-    if hidden:
-        layers.append(keras.layers.Dense(hidden, "relu", kernel_initializer=init))
-    layers.append(keras.layers.Dense(CLASSES, kernel_initializer=init))
-    return keras.Sequential(layers)
-
 
 @pytest.fixture
-def data(rng):
-    x = rng.normal(size=(40, FEATURES)).astype(np.float32)
-    y = rng.integers(0, CLASSES, 40).astype(np.int32)
-    return x, y
-
-
-@pytest.fixture
-def teacher():
-    return dense(seed=1, hidden=16)
+def data(rng):  # 40 rows, not conftest's 64: batches of 16 leave a padded last one
+    return classification_data(rng, 40)
 
 
 def test_logits_are_the_teachers_in_inference_mode(teacher, data):
@@ -52,7 +33,7 @@ def test_cached_fit_equals_uncached_fit(teacher, data):
     x, y = data
 
     def train(cached: bool):
-        student = dense(seed=2)
+        student = mlp(0, seed=2)
         distiller = Distiller(teacher, student)
         distiller.compile(keras.optimizers.SGD(0.1), policy=ISATS(num_candidates=8))
         if cached:
@@ -73,7 +54,7 @@ def test_cached_training_never_runs_the_teacher(teacher, data):
     cache = TeacherCache(teacher).build(x, y)
     for variable in teacher.weights:  # a teacher run now would give NaN logits, and fit stop
         variable.assign(np.full(variable.shape, np.nan, dtype="float32"))
-    distiller = Distiller(teacher, dense(seed=2))
+    distiller = Distiller(teacher, mlp(0, seed=2))
     distiller.compile("sgd", policy=ISATS(num_candidates=8))
     history = distiller.fit(cache.dataset(batch_size=8, seed=0), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -142,7 +123,7 @@ def test_file_is_reused_only_for_its_teacher_and_data(teacher, data, tmp_path):
     np.testing.assert_array_equal(again.logits, first.logits)
 
     with pytest.raises(ValueError, match="`path`=.*another teacher"):
-        TeacherCache(dense(seed=5, hidden=16)).build(x, y, path=path)
+        TeacherCache(mlp(16, seed=5)).build(x, y, path=path)
     with pytest.raises(ValueError, match="`path`=.*other inputs"):
         TeacherCache(teacher).build(x[:-1], y[:-1], path=path)
     changed = x.copy()
@@ -169,7 +150,7 @@ def test_fingerprints_follow_weights_and_data(teacher, data):
 
 def test_teacher_nan_logits_are_refused(data):
     x, y = data
-    teacher = dense(seed=1)
+    teacher = mlp(0, seed=1)
     teacher.weights[0].assign(np.full(teacher.weights[0].shape, np.nan, dtype="float32"))
     with pytest.raises(ValueError, match="NaN or inf logits"):
         TeacherCache(teacher).build(x, y)

@@ -6,28 +6,9 @@ import keras
 import numpy as np
 import pytest
 import reference as ref
-from helpers import assert_close, to_numpy
+from helpers import CLASSES, FEATURES, assert_close, mlp, to_numpy
 
 from keras_kdcap import ATS, FGCR, ISATS, Distiller, FixedTemperature
-
-CLASSES = 5
-FEATURES = 8
-
-
-def mlp(hidden: int, seed: int, batchnorm: bool = False) -> keras.Model:
-    init = keras.initializers.GlorotUniform(seed=seed)
-    layers = [keras.Input((FEATURES,)), keras.layers.Dense(hidden, "relu", kernel_initializer=init)]
-    if batchnorm:
-        layers += [keras.layers.BatchNormalization(), keras.layers.Dropout(0.5)]
-    layers.append(keras.layers.Dense(CLASSES, kernel_initializer=init))
-    return keras.Sequential(layers)
-
-
-@pytest.fixture
-def data(rng):
-    x = rng.normal(size=(64, FEATURES)).astype(np.float32)
-    y = rng.integers(0, CLASSES, 64).astype(np.int32)
-    return x, y
 
 
 @pytest.fixture

@@ -84,6 +84,20 @@ COMMON = textwrap.dedent(
         return {"replicas": replicas, "loss_abs": abs_loss, "loss_rel": rel_loss,
                 "metric_abs": abs_metric, "weight_abs": abs_weight,
                 "losses": [[float(u), float(v)] for u, v in losses]}
+
+    # Prints each policy's differences, one device against `data_parallel(*devices)`,
+    # and under `key` what the SearchSpy appended to `spied` in the ISATS run.
+    def report(spied, key, *devices):
+        out = {}
+        for name in POLICIES:
+            single = run(name)
+            spied.clear()
+            with data_parallel(*devices):
+                multi = run(name)
+            out[name] = differences(single, multi)
+            if name == "isats":
+                out[key] = sorted(set(spied))
+        print("RESULT " + json.dumps(out))
     """
 )
 
@@ -100,16 +114,7 @@ JAX_SCENARIO = textwrap.dedent(
             return tau
 
     assert len(jax.devices()) == 2, jax.devices()
-    out = {}
-    for name in POLICIES:
-        single = run(name)
-        SHARDINGS.clear()
-        with data_parallel():
-            multi = run(name)
-        out[name] = differences(single, multi)
-        if name == "isats":
-            out["search_shardings"] = sorted(set(SHARDINGS))
-    print("RESULT " + json.dumps(out))
+    report(SHARDINGS, "search_shardings")
     """
 )
 
@@ -124,16 +129,7 @@ TF_SCENARIO = textwrap.dedent(
             REPLICAS.append(-1 if context is None else context.num_replicas_in_sync)
             return super().search(teacher_logits, labels)
 
-    out = {}
-    for name in POLICIES:
-        single = run(name)
-        REPLICAS.clear()
-        with data_parallel(["cpu:0", "cpu:1"]):
-            multi = run(name)
-        out[name] = differences(single, multi)
-        if name == "isats":
-            out["search_replicas"] = sorted(set(REPLICAS))
-    print("RESULT " + json.dumps(out))
+    report(REPLICAS, "search_replicas", ["cpu:0", "cpu:1"])
     """
 )
 

@@ -6,37 +6,12 @@ import keras
 import numpy as np
 import pytest
 import reference as ref
-from helpers import assert_close, to_numpy
+from helpers import CLASSES, assert_close, mlp, to_numpy
 
 from keras_kdcap import ISATS, Distiller, FixedTemperature
 from keras_kdcap.step_metrics import StepStatistics
 
-CLASSES = 5
-FEATURES = 8
 GUARDS = {"invalid_labels", "nonfinite_teacher"}
-
-
-def mlp(hidden: int, seed: int) -> keras.Model:
-    init = keras.initializers.GlorotUniform(seed=seed)
-    return keras.Sequential(
-        [
-            keras.Input((FEATURES,)),
-            keras.layers.Dense(hidden, "relu", kernel_initializer=init),
-            keras.layers.Dense(CLASSES, kernel_initializer=init),
-        ]
-    )
-
-
-@pytest.fixture
-def data(rng):
-    x = rng.normal(size=(64, FEATURES)).astype(np.float32)
-    y = rng.integers(0, CLASSES, 64).astype(np.int32)
-    return x, y
-
-
-@pytest.fixture
-def teacher():
-    return mlp(16, seed=1)
 
 
 def test_step_statistics_match_numpy_over_uneven_batches(rng):
