@@ -6,7 +6,6 @@ values beyond their being positive numbers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,18 +15,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "benchmarks"
-
-
-def _load(name: str):
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import BENCHMARKS, REPO
+from helpers import load_benchmark as _load
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +45,11 @@ def one_thread():
 def _data_dir() -> Path:
     env = os.environ.get("KDCAP_CIFAR100_DIR")
     return Path(env) if env else REPO.parent / "shared" / "data" / "cifar100"
+
+
+def _argv(script: str, output: Path, flags: str) -> list[str]:
+    """`script` with the space-separated `flags`, one thread, and `--output=<output>`."""
+    return [script, *flags.split(), "--threads=1", f"--output={output}"]
 
 
 def _positive(value) -> bool:
@@ -97,10 +91,15 @@ def test_diagnostics(step_time):
     student.compile(optimizer="sgd", loss=step_time._ce())
     distiller = step_time.Distiller(tiny(1), tiny(0))
     distiller.compile(optimizer="sgd", policy=step_time.make_policy("isats", None))
-    counts = {}
-    for name, model in (("student", student), ("distiller", distiller)):
-        common.StepRunner(model, x, y, kind="train")
-        counts[name] = common.op_count(model, "train", x, y)
+    # the "function" step API (step_time's default; test_step_time_tiny takes on_batch) on
+    # every backend: train steps, and a predict step of the teacher the Distiller shares
+    models = {"student": student, "distiller": distiller}
+    runners = {name: common.StepRunner(model, x, y, kind="train") for name, model in models.items()}
+    runners["teacher"] = common.StepRunner(distiller.teacher, x, kind="predict", api="function")
+    for runner in runners.values():
+        assert runner.api == "function"
+        runner.run(2)
+    counts = {name: common.op_count(model, "train", x, y) for name, model in models.items()}
     assert counts["student"]["ops"] > 0, counts
     assert counts["distiller"]["ops"] > counts["student"]["ops"], counts
     dtypes = step_time.dtype_check(["kd", "isats", "fgcr"], distiller.teacher, 4)
@@ -110,28 +109,30 @@ def test_diagnostics(step_time):
 
 
 def test_step_time_tiny(step_time, tmp_path, one_thread):
+    # resnet8 -> resnet8, not the named pair `small` (resnet20 -> resnet8): the same steps,
+    # a third of the layers to build and compile; the name's lookup is checked here
+    assert step_time.parse_pairs("small") == [("small", "resnet20", "resnet8")]
     output = tmp_path / "step_time.json"
-    argv = [
+    jit_compile = "true" if keras.backend.backend() == "jax" else "false"
+    argv = _argv(
         "step_time",
-        "--pairs=small",
-        "--repeats=2",
-        "--steps=1",
-        "--warmup=0",
-        "--policies=kd,isats",
-        "--jit_compile=" + ("true" if keras.backend.backend() == "jax" else "false"),
-        "--step_api=function",
-        "--nodiagnose",
-        "--threads=1",
-        f"--output={output}",
-    ]
+        output,
+        "--pairs=resnet8:resnet8 --repeats=2 --steps=1 --warmup=0 --policies=kd,isats"
+        f" --jit_compile={jit_compile} --step_api=on_batch --nodiagnose",
+    )  # on_batch: the function API compiles each step a second time (test_diagnostics runs it)
     returned = step_time.main(argv)
     results = json.loads(output.read_text())
     assert results["benchmark"] == "step_time"
     assert results["environment"]["backend"] == keras.backend.backend()
     assert results["environment"]["versions"]["keras"] == keras.__version__
     assert results["command"].startswith("step_time")
+    assert results["step_api"]["chosen"] == "on_batch"
     (record,) = results["pairs"]
-    assert (record["teacher"], record["student"]) == ("resnet20", "resnet8")
+    assert (record["pair"], record["teacher"], record["student"]) == (
+        "resnet8->resnet8",
+        "resnet8",
+        "resnet8",
+    )
     expected = {
         "teacher",
         "student",
@@ -320,40 +321,27 @@ def test_capacity_mismatch_new_flag_keeps_finished_runs_resumable(capacity):
         assert capacity.student_folder(with_default, role, method, seed, settings).name == name
 
 
-def _tiny_capacity_argv(tmp_path, output, *flags):
-    """A one-image-per-class run of capacity_mismatch on the offline CIFAR-100 copy."""
+def _tiny_capacity_argv(output: Path, flags: str) -> list[str]:
+    """A one-image-per-class run of capacity_mismatch on the offline CIFAR-100 copy, with
+    the space-separated `flags`, writing `output` and caching in the `cache` beside it."""
     if not (_data_dir() / "train.npz").is_file():
         pytest.skip(f"offline CIFAR-100 not found at {_data_dir()} (set KDCAP_CIFAR100_DIR)")
+    tiny = "--small_teacher=resnet8 --large_teacher=resnet14 --per_class=1 --test_per_class=1"
     return [
-        "capacity_mismatch",
+        *_argv("capacity_mismatch", output, f"{tiny} --teacher_epochs=1 --batch_size=50 {flags}"),
         f"--data_dir={_data_dir()}",
-        f"--cache_dir={tmp_path / 'cache'}",
-        f"--output={output}",
-        "--small_teacher=resnet8",
-        "--large_teacher=resnet14",
-        "--per_class=1",
-        "--test_per_class=1",
-        "--teacher_epochs=1",
-        "--batch_size=50",
-        "--threads=1",
-        *flags,
+        f"--cache_dir={output.parent / 'cache'}",
     ]
 
 
 @pytest.mark.one_backend
 def test_capacity_mismatch_tiny(capacity, tmp_path, one_thread):
     output = tmp_path / "capacity.json"
+    flat = "--teacher_roles=small,large_flat --flat_label_smoothing=0.2"  # no `large` students
     argv = _tiny_capacity_argv(
-        tmp_path,
         output,
-        "--student=resnet8",
-        "--val_per_class=1",
-        "--epochs=1",
-        "--seeds=0",
-        "--methods=ce,kd,isats",
-        "--teacher_roles=small,large_flat",
-        "--flat_label_smoothing=0.2",
-        "--teacher_dtype_policy=float32",
+        f"--student=resnet8 --val_per_class=1 --epochs=1 --seeds=0 --methods=ce,kd,isats {flat}"
+        " --teacher_dtype_policy=float32",
     )
     returned = capacity.main(argv)
     results = json.loads(output.read_text())
@@ -400,19 +388,12 @@ def test_isats_memory_tiny(tmp_path, one_thread):
     output = tmp_path / "isats_memory.json"
     rows, classes = 16, 64
     isats_memory.run(
-        [
+        _argv(
             "isats_memory",
-            f"--rows={rows}",
-            f"--classes={classes}",
-            "--candidates=4",
-            "--time_rows=4",
-            "--repeats=1",
-            "--threads=1",
-            "--policies=kd,isats",
-            "--torch_grid_rows=0",
-            "--torch_memory_calls=2",
-            f"--output={output}",
-        ]
+            output,
+            f"--rows={rows} --classes={classes} --candidates=4 --time_rows=4 --repeats=1"
+            " --policies=kd,isats --torch_grid_rows=0 --torch_memory_calls=2",
+        )
     )
     result = json.loads(output.read_text())
     # the forms may differ at float32 near-ties (isats_temperature): recorded, not asserted
@@ -444,17 +425,11 @@ def test_isats_memory_tiny(tmp_path, one_thread):
 def test_cache_speed_tiny(tmp_path, one_thread):
     cache_speed = _load("cache_speed")
     output = tmp_path / "cache_speed.json"
-    argv = [
+    argv = _argv(
         "cache_speed",
-        "--teacher=resnet8",
-        "--student=resnet8",
-        "--classes=10",
-        "--batch_size=8",
-        "--steps=2",
-        "--repeats=2",
-        "--threads=1",
-        f"--output={output}",
-    ]
+        output,
+        "--teacher=resnet8 --student=resnet8 --classes=10 --batch_size=8 --steps=2 --repeats=2",
+    )
     returned = cache_speed.main(argv)
     result = json.loads(output.read_text())
     assert result["benchmark"] == "cache_speed"
@@ -538,7 +513,7 @@ def test_capacity_mismatch_rejects_bad_teacher_flags(capacity, flags, message):
 @pytest.mark.one_backend
 def test_capacity_mismatch_teachers_only(capacity, tmp_path, one_thread):
     output = tmp_path / "teachers.json"
-    argv = _tiny_capacity_argv(tmp_path, output, "--val_per_class=0", "--tune", "--teachers_only")
+    argv = _tiny_capacity_argv(output, "--val_per_class=0 --tune --teachers_only")
     results = capacity.main(argv)
     assert set(results["teachers"]) == {"small", "large", "large_regt"}
     assert results["runs"] == [] and results["tuning"] is None and results["regime"] == {}
@@ -547,15 +522,9 @@ def test_capacity_mismatch_teachers_only(capacity, tmp_path, one_thread):
     assert -1.0 <= results["teachers"]["large"]["spearman_vs_small"] < 1.0
     # --tune_only on the same teachers (loaded from the cache): ISATS tuned, then a stop
     argv = _tiny_capacity_argv(
-        tmp_path,
         tmp_path / "tuned.json",
-        "--val_per_class=1",
-        "--epochs=1",
-        "--tune_only",
-        "--tune_target_ratios=1,2",
-        "--tune_fallbacks=4",
-        "--tune_grids=0.5:20:32",
-        "--tune_student_temperatures=tau",
+        "--val_per_class=1 --epochs=1 --tune_only --tune_target_ratios=1,2 --tune_fallbacks=4"
+        " --tune_grids=0.5:20:32 --tune_student_temperatures=tau",
     )
     tuned = capacity.main(argv)
     assert all(t["cached"] for t in tuned["teachers"].values()) and tuned["runs"] == []
@@ -617,15 +586,9 @@ def test_capacity_mismatch_tuned_kd_and_resume(capacity, tmp_path, one_thread):
 
     output = tmp_path / "resume.json"
     argv = _tiny_capacity_argv(
-        tmp_path,
         output,
-        "--student=resnet8",
-        "--val_per_class=1",
-        "--epochs=1",
-        "--seeds=0,1",
-        "--methods=kd,kd_tuned",
-        "--small_methods=kd",
-        "--tune_kd_temperatures=2,4",
+        "--student=resnet8 --val_per_class=1 --epochs=1 --seeds=0,1 --methods=kd,kd_tuned"
+        " --small_methods=kd --tune_kd_temperatures=2,4",
     )
     first = capacity.main(argv)
     tuning = first["tuned_methods"]["kd_tuned"]["large"]
@@ -691,7 +654,7 @@ def test_capacity_mismatch_refuses_a_cut_results_file(capacity, tmp_path):
 
     output = tmp_path / "cut.json"
     output.write_text('{"benchmark": "capacity_mis')
-    argv = _tiny_capacity_argv(tmp_path, output, "--val_per_class=1")
+    argv = _tiny_capacity_argv(output, "--val_per_class=1")
     with pytest.raises(app.UsageError, match="--noresume"):
         capacity.main(argv)
 
@@ -704,10 +667,10 @@ class _KilledError(Exception):
 def test_capacity_mismatch_student_resumes_after_its_last_epoch(
     capacity, tmp_path, one_thread, monkeypatch
 ):
-    flags = ("--student=resnet8", "--val_per_class=0", "--epochs=2", "--seeds=0", "--methods=kd")
-    whole = capacity.main(_tiny_capacity_argv(tmp_path, tmp_path / "whole.json", *flags))
+    flags = "--student=resnet8 --val_per_class=0 --epochs=2 --seeds=0 --methods=kd"
+    whole = capacity.main(_tiny_capacity_argv(tmp_path / "whole.json", flags))
     assert not list((tmp_path / "cache" / "students").iterdir())  # cleared after each run
-    argv = _tiny_capacity_argv(tmp_path, tmp_path / "cut.json", *flags)
+    argv = _tiny_capacity_argv(tmp_path / "cut.json", flags)
     commit = capacity.StudentProgress.commit
 
     def commit_then_die(self, model, state):
@@ -731,7 +694,7 @@ def test_capacity_mismatch_student_resumes_after_its_last_epoch(
         )
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="one backend is enough")
+@pytest.mark.one_backend  # its subprocesses on the backend under test (torch starts quickest)
 def test_capacity_mismatch_survives_sigkill(tmp_path):
     import signal
     import subprocess
@@ -739,16 +702,10 @@ def test_capacity_mismatch_survives_sigkill(tmp_path):
 
     output = tmp_path / "killed.json"
     argv = _tiny_capacity_argv(
-        tmp_path,
-        output,
-        "--student=resnet8",
-        "--val_per_class=0",
-        "--epochs=3",
-        "--seeds=0",
-        "--methods=kd",
+        output, "--student=resnet8 --val_per_class=0 --epochs=3 --seeds=0 --methods=kd"
     )
     command = [sys.executable, str(REPO / "benchmarks" / "capacity_mismatch.py"), *argv[1:]]
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "CUDA_VISIBLE_DEVICES": ""}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     students = tmp_path / "cache" / "students"
     deadline = time.monotonic() + 300

@@ -1,13 +1,15 @@
 """benchmarks/device_run.py: the bundle, the device call and the CPU dry run of the GPU run.
 
 The dry run packs a synthetic CIFAR-100 copy (no wheel download, no network)
-and runs the same sub-runs as on the device with tiny sizes on the current
-backend, each as a subprocess. Nothing asserts on wall-clock values.
+and runs the same sub-runs as on the device, on the device's backends (step_time
+on jax and torch, the capacity protocol on jax), with tiny sizes, each as a
+subprocess: once per suite (`one_backend`). On every backend the sub-runs that
+backend would get are planned and their command lines parsed by their scripts.
+Nothing asserts on wall-clock values.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -18,22 +20,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers import BENCHMARKS, REPO
+from helpers import load_benchmark as _load
 
 from keras_kdcap.data import load_cifar100_arrays
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "benchmarks"
 SCRIPT = BENCHMARKS / "device_run.py"
-
-
-def _load(name: str):
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +115,52 @@ def test_missing_packages_exclude_the_devices_and_gpu_builds(device_run):
     assert device_run.device_packages(notes) == {"absl-py", "keras", "numpy"}
 
 
-def test_dry_run_packs_and_runs_every_sub_run(tmp_path, device_run):
+def test_dry_run_plans_this_backends_sub_runs(tmp_path, device_run):
+    # What `run --dry_run` would start on this backend, checked without starting it: the
+    # planned command lines parse in their scripts (the scripts themselves run on every
+    # backend in test_benchmarks.py; the whole dry run, subprocesses and all, runs once below)
     backend = keras.backend.backend()
+    bundle, out = tmp_path / "bundle", tmp_path / "results"
+    cfg = {
+        "dry_run": True,
+        "tag": "dryrun",
+        "backends": [backend],
+        "capacity_backend": backend,
+        "step_time_flags": "",
+        "capacity_flags": "",
+        "bundle_dir": str(bundle),
+        "budget_s": 540.0,
+    }
+    sizes = device_run.data_sizes(device_run.CAPACITY_DRY)
+    manifest = {"capacity_flags": "", "data": sizes}
+    step, capacity = device_run.plan_runs(cfg, manifest, out, tmp_path / "work")
+    assert (step.name, capacity.name) == (f"step_time_{backend}", f"capacity_mismatch_{backend}")
+    for sub, script in ((step, "step_time"), (capacity, "capacity_mismatch")):
+        assert sub.backend == backend and sub.dropped == [], sub
+        assert sub.argv[0] == f"benchmarks/{script}.py" and sub.output.parent == out
+        module = _load(script)
+        module._common.parse_flags(module.FLAGS, [script, *sub.argv[1:]])
+        settings = module.config_from_flags([script, *sub.argv[1:]])
+        assert (REPO / settings["output"]).resolve() == sub.output.resolve()
+        if script == "step_time":
+            # tensorflow's `auto` would time graph and XLA both; the dry run takes graph only
+            assert settings["jit_compile"] == ("false" if backend == "tensorflow" else "auto")
+            assert (settings["pairs"], settings["policies"]) == ("resnet8:resnet8", ["kd"])
+        else:
+            assert settings["classes"] == sizes["classes"] and settings["seeds"] == [0]
+            assert (REPO / settings["data_dir"]).resolve() == (bundle / "cifar100").resolve()
+    assert capacity.record["estimate"]["student_runs"] > 0
+
+
+# the device's backends: step_time on jax and torch, the capacity protocol on jax
+DEVICE_BACKENDS = ("jax", "torch")
+
+
+@pytest.mark.one_backend
+def test_dry_run_packs_and_runs_every_sub_run(tmp_path, device_run):
     source, bundle, work, out = (tmp_path / n for n in ("source", "bundle", "work", "out"))
     _fake_cifar(source, train_per_class=8, test_per_class=4)
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("OUT", None)
 
     packed = _run(
@@ -157,27 +190,29 @@ def test_dry_run_packs_and_runs_every_sub_run(tmp_path, device_run):
             "--dry_run",
             f"--bundle_dir={bundle}",
             f"--work_dir={work}",
-            f"--backends={backend}",
-            f"--capacity_backend={backend}",
+            f"--backends={','.join(DEVICE_BACKENDS)}",
+            f"--capacity_backend={DEVICE_BACKENDS[0]}",
         ],
         {**env, "OUT": str(out)},
     )
     results = work / "results"
     summary = json.loads((results / "device_run_dryrun.json").read_text())
     names = [r["name"] for r in summary["runs"]]
-    assert names == [f"step_time_{backend}", f"capacity_mismatch_{backend}"]
+    backend = DEVICE_BACKENDS[0]
+    assert names == [*(f"step_time_{b}" for b in DEVICE_BACKENDS), f"capacity_mismatch_{backend}"]
     for record in summary["runs"]:
         assert record["rc"] == 0 and record["produced"] and record["complete"], record
         assert not record["timed_out"]
         path = REPO / record["output"]
         assert path.resolve() == (results / path.name).resolve()
         assert (out / path.name).is_file()
-    step = json.loads((results / f"step_time_{backend}_dryrun.json").read_text())
-    assert step["benchmark"] == "step_time" and step["environment"]["backend"] == backend
+    for name in DEVICE_BACKENDS:
+        step = json.loads((results / f"step_time_{name}_dryrun.json").read_text())
+        assert step["benchmark"] == "step_time" and step["environment"]["backend"] == name
     cap = json.loads((results / f"capacity_mismatch_{backend}_dryrun.json").read_text())
     assert cap["benchmark"] == "capacity_mismatch" and cap["runs"]
     assert cap["data"]["train"] == sizes["classes"] * int(device_run.CAPACITY_DRY["per_class"])
-    assert summary["runs"][1]["estimate"]["student_runs"] == len(cap["runs"]) + sum(
+    assert summary["runs"][-1]["estimate"]["student_runs"] == len(cap["runs"]) + sum(
         len(t["trials"]) for role in cap["tuned_methods"].values() for t in role.values()
     )
     assert len(list(out.iterdir())) <= 8
