@@ -152,6 +152,10 @@ def test_rerun_reuses_the_teacher(example, miniature, data_dir):
 
 
 @pytest.mark.slow
+# the script's plumbing, once per suite: the example's training runs on every backend in
+# test_miniature_run_writes_every_output, the comparison's checks and table in
+# test_compare_checks_and_table
+@pytest.mark.one_backend
 def test_compare_policies_on_a_saved_teacher(miniature, data_dir, tmp_path):
     output_dir, _ = miniature
     module = _load(COMPARE_SCRIPT, "compare_policies")
@@ -212,6 +216,7 @@ def test_bad_input_gives_one_error_line(example, tmp_path, argv):
     assert not output_dir.exists()  # failed before any work
 
 
+@pytest.mark.one_backend  # the exit status and the one line come before any backend work
 def test_bad_input_exit_status_in_a_subprocess(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
     result = subprocess.run(
