@@ -106,21 +106,6 @@ class _PolicyReadyAfterRestore(keras.callbacks.Callback):
         self.model.policy.check_ready()
 
 
-def _mark_built(policy: TemperaturePolicy) -> None:
-    """Marks a policy built, as Keras would on its first call.
-
-    The Distiller never calls it as a layer, and an unbuilt layer makes Keras's
-    `train_on_batch` trace the whole model again on every call.
-    """
-    if type(policy).build is not keras.layers.Layer.build:
-        raise TypeError(
-            f"{type(policy).__name__} defines `build`, which the Distiller never calls (it "
-            "calls `compute_target`/`kd_loss`): create the policy's weights in `__init__` or "
-            "`prepare`, or build it before compile: `policy.build((None, num_classes))`."
-        )
-    policy.built = True
-
-
 def _input_shape(model):
     """`model.input_shape` when it has one, else None."""
     try:
@@ -300,8 +285,12 @@ class Distiller(keras.Model):
         self.temperature_scaling = bool(temperature_scaling)
         self.policy_metrics = bool(policy_metrics)
         self._set_tracked("policy", policy)
-        if not policy.built:
-            _mark_built(policy)
+        if not policy.built:  # its own `build` (see TemperaturePolicy.__init__) has not run
+            raise TypeError(
+                f"{type(policy).__name__} defines `build`, which the Distiller never calls (it "
+                "calls `compute_target`/`kd_loss`): create the policy's weights in `__init__` or "
+                "`prepare`, or build it before compile: `policy.build((None, num_classes))`."
+            )
         means = BASE_METRICS + ((PSEUDO_LABELS,) if self.alpha == 0 else ())
         if self.policy_metrics:
             means += (TARGET_FIRST, *policy.metric_names)

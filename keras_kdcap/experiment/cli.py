@@ -320,7 +320,7 @@ def import_policy_modules(text: str | None) -> None:
     Raises:
         UsageError: a module cannot be imported.
     """
-    for module in [m.strip() for m in (text or "").split(",") if m.strip()]:
+    for module in split_list(text or ""):
         try:
             importlib.import_module(module)
         except ImportError as err:

@@ -44,6 +44,10 @@ class TemperaturePolicy(keras.layers.Layer):
     def __init__(self, name: str | None = None, **kwargs):
         kwargs.pop("dtype", None)
         super().__init__(name=name, dtype="float32", **kwargs)
+        # A policy makes its state in __init__ or `prepare`, so it is built now, unless
+        # its class has a `build` of its own. The Distiller never calls it as a layer, and
+        # an unbuilt layer makes Keras's train_on_batch trace the whole model every call.
+        self.built = type(self).build is keras.layers.Layer.build
 
     def compute_target(self, teacher_logits, labels):
         """Returns the target distribution, the student temperature and statistics.
