@@ -119,6 +119,13 @@ class ArrayImageDataset(keras.utils.PyDataset):
         self._order = self._permutation()
 
 
+def take(
+    arrays: tuple[np.ndarray, np.ndarray], indices: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(images, labels)` at `indices` (all of them for None)."""
+    return arrays if indices is None else (arrays[0][indices], arrays[1][indices])
+
+
 def cifar100_array_datasets(
     data_dir: str | os.PathLike,
     batch_size: int = 64,
@@ -143,8 +150,6 @@ def cifar100_array_datasets(
         `(train, test)`: the training set shuffled and augmented per epoch,
         the test set in order and unaugmented.
     """
-    from keras_kdcap.data.splits import take  # not at the top: splits imports this module
-
     train, test = load_cifar100_arrays(data_dir)
     if per_class:
         train = take(train, stratified_indices(train[1], per_class))

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_kdcap.data.arrays import ArrayImageDataset
+from keras_kdcap.data.arrays import ArrayImageDataset, take
 from keras_kdcap.data.cifar import (
     CIFAR100_NUM_CLASSES,
     cifar100_datasets_from_arrays,
@@ -73,11 +73,6 @@ def first_classes(arrays: Arrays, num_classes: int) -> Arrays:
     images, labels = arrays
     keep = np.flatnonzero(np.asarray(labels).reshape(-1) < num_classes)
     return images[keep], labels[keep]
-
-
-def take(arrays: Arrays, indices: np.ndarray | None) -> Arrays:
-    """`arrays` at `indices` (all of them for None)."""
-    return arrays if indices is None else (arrays[0][indices], arrays[1][indices])
 
 
 def per_class_indices(labels: np.ndarray, per_class: int) -> np.ndarray | None:

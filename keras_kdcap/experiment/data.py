@@ -8,12 +8,12 @@ from typing import Any
 
 import keras
 
+from keras_kdcap.data.arrays import take
 from keras_kdcap.data.splits import (
     EVAL_BATCH_SIZE,
     first_classes,
     per_class_indices,
     resolve_pipeline,
-    take,
 )
 from keras_kdcap.experiment.config import ExperimentConfig, UsageError, one_line
 
